@@ -1,1 +1,78 @@
-//! fhirhose-normalize
+//! fhirhose-normalize: SQL-on-FHIR v2 ViewDefinitions → Arrow arrays.
+//!
+//! The pipeline parses each NDJSON line with simd-json, then hands the borrowed tree to
+//! one builder per view:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use fhirhose_normalize::CompiledView;
+//!
+//! let view = Arc::new(CompiledView::from_json_slice(br#"{
+//!   "resourceType": "ViewDefinition", "name": "patient_names", "resource": "Patient",
+//!   "select": [
+//!     {"column": [{"name": "id", "path": "getResourceKey()", "type": "id"}]},
+//!     {"forEach": "name", "column": [
+//!       {"name": "family", "path": "family", "type": "string"},
+//!       {"name": "given", "path": "given", "type": "string", "collection": true}]}
+//!   ]
+//! }"#)?);
+//! let mut builder = view.owned_builder();
+//! let mut line = br#"{"resourceType":"Patient","id":"p1","name":[{"family":"Ng","given":["A","B"]},{"family":"Ho"}]}"#.to_vec();
+//! let resource = simd_json::to_borrowed_value(&mut line)?;
+//! assert_eq!(builder.append(&resource)?, 2);
+//! let batch = builder.finish_batch()?;
+//! assert_eq!(batch.num_rows(), 2);
+//! assert_eq!(batch.schema().field(2).name(), "given");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Public API
+//!
+//! - [`CompiledView::from_json_slice`]`(&[u8]) -> Result<CompiledView, ViewError>`: parse,
+//!   validate, compile. Errors name the offending element (`select[1].column[0].path: ...`).
+//! - [`CompiledView::name`] (table name), [`CompiledView::resource`],
+//!   [`CompiledView::version`] (first 16 hex digits of the SHA-256 of the JSON bytes),
+//!   [`CompiledView::fields`] / [`CompiledView::schema`].
+//! - [`CompiledView::builder`] → [`ViewBatchBuilder`] (borrows the view) or
+//!   [`CompiledView::owned_builder`] on an `Arc<CompiledView>` → [`OwnedViewBatchBuilder`].
+//!   Both have `append(&BorrowedValue) -> Result<usize, EvalError>`, `len()`,
+//!   `finish() -> Vec<ArrayRef>` (resets) and `finish_batch() -> Result<RecordBatch, _>`.
+//! - [`conformance::run_dir`] / [`conformance::run_file`] run the official test suite;
+//!   [`conformance::Report::to_official_json`] writes the official report format.
+//!
+//! # Invariants
+//!
+//! - Compile once, evaluate many: every expression is parsed when the view is compiled;
+//!   evaluation never parses and never converts to `serde_json::Value`. Strings are
+//!   borrowed from the resource until they are copied into the Arrow buffers.
+//! - The FHIRPath parser never panics; it returns [`ParseError`] with a byte offset and
+//!   bounds nesting and length so hostile expressions cannot exhaust the stack.
+//! - `append` is all-or-nothing per resource. Resources of another type, or filtered out
+//!   by the view's `where`, append nothing and return `Ok(0)`.
+//! - Output is deterministic: rows come out in resource order, then in the order the
+//!   view's selects generate them (columns, nested selects, then `unionAll` branches).
+//!
+//! # Column type mapping
+//!
+//! | column `type` | Arrow type | notes |
+//! |---|---|---|
+//! | `boolean` | `Boolean` | |
+//! | `integer`, `positiveInt`, `unsignedInt`, `integer64` | `Int64` | one integer type for all: no overflow cases to reason about, and Parquet encodes small values compactly anyway |
+//! | `decimal` | `Utf8` | the decimal's text. simd-json parses JSON numbers to `f64`, so the text is the shortest form that reads back to the same double, with at least one fractional digit: `1.0` stays `1.0`, `0.95` stays `0.95`, but trailing zeros beyond the first are not kept (`1.50` becomes `1.5`). Never rounded through a fixed scale. |
+//! | `instant` | `Timestamp(Microsecond, "UTC")` | converted from the offset given; a malformed instant is an [`EvalError`] |
+//! | `date`, `dateTime`, `time` | `Utf8` | the lexical value, unchanged: partial dates (`2020`, `2020-05`) are legal FHIR and are kept exactly |
+//! | every other type (`string`, `code`, `id`, `uri`, `url`, `canonical`, `oid`, `uuid`, `markdown`, `base64Binary`, ...) | `Utf8` | numbers and booleans are rendered as text; complex values as compact JSON |
+//! | no `type` | `Utf8` | as above: the only type every value can be written to without loss |
+//! | any, with `collection: true` | `List<item type>` | the list field is named `item`; an empty result is an empty list, not null |
+//!
+//! Every field is nullable; the declared FHIR type is kept in the field's metadata under
+//! `fhir.type`.
+//!
+//! See [`fhirpath`] for the supported FHIRPath subset.
+
+pub mod conformance;
+pub mod fhirpath;
+mod view;
+
+pub use fhirpath::ParseError;
+pub use view::{CompiledView, EvalError, OwnedViewBatchBuilder, ViewBatchBuilder, ViewError};

@@ -1,0 +1,961 @@
+//! Evaluation of compiled expressions over borrowed JSON.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+
+use simd_json::{BorrowedValue as Value, StaticNode};
+
+use super::temporal;
+use super::{BinOp, ConstVal, Expr, Func, Literal, StrKind, TypeOp};
+
+/// An evaluation failure inside an expression. Messages carry no resource content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FpError(pub(crate) &'static str);
+
+pub(crate) type FpResult<T> = Result<T, FpError>;
+
+/// Placeholder node for a primitive that has only a `_name` extension part.
+static NULL: Value<'static> = Value::Static(StaticNode::Null);
+
+/// One item of a FHIRPath collection.
+#[derive(Debug, Clone)]
+pub(crate) enum Item<'a> {
+    /// A node of the resource.
+    Node {
+        v: &'a Value<'a>,
+        /// Choice-type suffix the node was found under (`Quantity` for `valueQuantity`).
+        ty: Option<&'a str>,
+        /// The `_name` sibling of a primitive (extensions and id).
+        ext: Option<&'a Value<'a>>,
+    },
+    Bool(bool),
+    Int(i64),
+    Dec(f64),
+    Str(Cow<'a, str>, StrKind),
+}
+
+impl<'a> Item<'a> {
+    pub(crate) const fn node(v: &'a Value<'a>) -> Self {
+        Item::Node {
+            v,
+            ty: None,
+            ext: None,
+        }
+    }
+}
+
+/// Evaluation environment shared by every expression of one row.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Env<'a> {
+    pub(crate) root: &'a Value<'a>,
+    pub(crate) consts: &'a [ConstVal],
+    pub(crate) row_index: i64,
+}
+
+/// Primitive view of an item used by comparisons and conversions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Prim<'x> {
+    Bool(bool),
+    Int(i64),
+    Dec(f64),
+    Str(&'x str),
+    Complex,
+    Null,
+}
+
+pub(crate) fn prim<'x>(it: &'x Item<'_>) -> Prim<'x> {
+    match it {
+        Item::Node { v, .. } => match v {
+            Value::Static(StaticNode::Bool(b)) => Prim::Bool(*b),
+            Value::Static(StaticNode::I64(i)) => Prim::Int(*i),
+            Value::Static(StaticNode::U64(u)) => match i64::try_from(*u) {
+                Ok(i) => Prim::Int(i),
+                Err(_) => Prim::Dec(*u as f64),
+            },
+            Value::Static(StaticNode::F64(f)) => Prim::Dec(*f),
+            Value::Static(StaticNode::Null) => Prim::Null,
+            Value::String(s) => Prim::Str(s),
+            _ => Prim::Complex,
+        },
+        Item::Bool(b) => Prim::Bool(*b),
+        Item::Int(i) => Prim::Int(*i),
+        Item::Dec(d) => Prim::Dec(*d),
+        Item::Str(s, _) => Prim::Str(s),
+    }
+}
+
+const FHIR_TYPES: &[&str] = &[
+    "Base64Binary",
+    "Boolean",
+    "Canonical",
+    "Code",
+    "Date",
+    "DateTime",
+    "Decimal",
+    "Id",
+    "Instant",
+    "Integer",
+    "Integer64",
+    "Markdown",
+    "Oid",
+    "PositiveInt",
+    "String",
+    "Time",
+    "UnsignedInt",
+    "Uri",
+    "Url",
+    "Uuid",
+    "Address",
+    "Age",
+    "Annotation",
+    "Attachment",
+    "CodeableConcept",
+    "CodeableReference",
+    "Coding",
+    "ContactPoint",
+    "Count",
+    "Distance",
+    "Duration",
+    "HumanName",
+    "Identifier",
+    "Money",
+    "Period",
+    "Quantity",
+    "Range",
+    "Ratio",
+    "RatioRange",
+    "Reference",
+    "SampledData",
+    "Signature",
+    "Timing",
+    "ContactDetail",
+    "Contributor",
+    "DataRequirement",
+    "Expression",
+    "ParameterDefinition",
+    "RelatedArtifact",
+    "TriggerDefinition",
+    "UsageContext",
+    "Dosage",
+    "Meta",
+];
+
+/// Pushes the items `obj.name` names (expanding arrays, resolving choice types).
+fn navigate<'a>(obj: &'a Value<'a>, name: &str, under: Option<&str>, out: &mut Vec<Item<'a>>) {
+    let Value::Object(map) = obj else { return };
+    if let Some(v) = map.get(name) {
+        let ext = under.and_then(|u| map.get(u));
+        push_value(v, None, ext, out);
+        return;
+    }
+    if let Some(u) = under {
+        // A primitive with only its extension part present.
+        if let Some(ext) = map.get(u) {
+            push_value(&NULL, None, Some(ext), out);
+            return;
+        }
+    }
+    for (k, v) in map.iter() {
+        let k: &'a str = k;
+        if k.len() > name.len() && k.starts_with(name) {
+            let suffix = &k[name.len()..];
+            if suffix.as_bytes()[0].is_ascii_uppercase() && FHIR_TYPES.contains(&suffix) {
+                push_value(v, Some(suffix), None, out);
+                return;
+            }
+        }
+    }
+}
+
+fn push_value<'a>(
+    v: &'a Value<'a>,
+    ty: Option<&'a str>,
+    ext: Option<&'a Value<'a>>,
+    out: &mut Vec<Item<'a>>,
+) {
+    match v {
+        Value::Array(items) => {
+            let exts = match ext {
+                Some(Value::Array(e)) => Some(e),
+                _ => None,
+            };
+            for (i, x) in items.iter().enumerate() {
+                if matches!(x, Value::Static(StaticNode::Null))
+                    && exts.and_then(|e| e.get(i)).is_none()
+                {
+                    continue;
+                }
+                let ext = exts
+                    .and_then(|e| e.get(i))
+                    .filter(|e| !matches!(e, Value::Static(StaticNode::Null)));
+                out.push(Item::Node { v: x, ty, ext });
+            }
+        }
+        Value::Static(StaticNode::Null) if ext.is_none() => {}
+        _ => out.push(Item::Node { v, ty, ext }),
+    }
+}
+
+/// Singleton evaluation to a boolean: `None` for empty.
+pub(crate) fn to_bool(items: &[Item<'_>]) -> FpResult<Option<bool>> {
+    match items {
+        [] => Ok(None),
+        [one] => Ok(Some(match prim(one) {
+            Prim::Bool(b) => b,
+            _ => true,
+        })),
+        _ => Err(FpError("expected a single value in a boolean context")),
+    }
+}
+
+/// Like [`to_bool`] but rejects non-boolean values (view `where` clauses).
+pub(crate) fn to_strict_bool(items: &[Item<'_>]) -> FpResult<Option<bool>> {
+    match items {
+        [] => Ok(None),
+        [one] => match prim(one) {
+            Prim::Bool(b) => Ok(Some(b)),
+            _ => Err(FpError("expected a boolean")),
+        },
+        _ => Err(FpError("expected a single boolean")),
+    }
+}
+
+fn single<'x, 'a>(items: &'x [Item<'a>]) -> FpResult<Option<&'x Item<'a>>> {
+    match items {
+        [] => Ok(None),
+        [one] => Ok(Some(one)),
+        _ => Err(FpError("expected a single value")),
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Num {
+    Int(i64),
+    Dec(f64),
+}
+
+impl Num {
+    fn f(self) -> f64 {
+        match self {
+            Num::Int(i) => i as f64,
+            Num::Dec(d) => d,
+        }
+    }
+}
+
+fn num(p: Prim<'_>) -> Option<Num> {
+    match p {
+        Prim::Int(i) => Some(Num::Int(i)),
+        Prim::Dec(d) => Some(Num::Dec(d)),
+        _ => None,
+    }
+}
+
+fn items_eq(a: &Item<'_>, b: &Item<'_>) -> bool {
+    match (prim(a), prim(b)) {
+        (Prim::Bool(x), Prim::Bool(y)) => x == y,
+        (Prim::Str(x), Prim::Str(y)) => x == y,
+        (Prim::Int(x), Prim::Int(y)) => x == y,
+        (x, y) => match (num(x), num(y)) {
+            (Some(x), Some(y)) => x.f() == y.f(),
+            _ => match (a, b) {
+                (Item::Node { v: x, .. }, Item::Node { v: y, .. }) => {
+                    matches!(prim(a), Prim::Complex) && x == y
+                }
+                _ => false,
+            },
+        },
+    }
+}
+
+fn items_equiv(a: &Item<'_>, b: &Item<'_>) -> bool {
+    match (prim(a), prim(b)) {
+        (Prim::Str(x), Prim::Str(y)) => {
+            let norm = |s: &str| {
+                s.split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+                    .to_lowercase()
+            };
+            norm(x) == norm(y)
+        }
+        _ => items_eq(a, b),
+    }
+}
+
+fn compare(a: &Item<'_>, b: &Item<'_>) -> Option<Ordering> {
+    match (prim(a), prim(b)) {
+        (Prim::Str(x), Prim::Str(y)) => Some(x.cmp(y)),
+        (x, y) => match (num(x), num(y)) {
+            (Some(Num::Int(x)), Some(Num::Int(y))) => Some(x.cmp(&y)),
+            (Some(x), Some(y)) => x.f().partial_cmp(&y.f()),
+            _ => None,
+        },
+    }
+}
+
+/// Does `it` have the named type? See the module docs for the model-free rules.
+pub(crate) fn is_type(it: &Item<'_>, t: &str) -> bool {
+    let t = t.rsplit('.').next().unwrap_or(t);
+    let same = |a: &str| {
+        let (mut x, mut y) = (a.chars(), t.chars());
+        match (x.next(), y.next()) {
+            (Some(a0), Some(b0)) => a0.eq_ignore_ascii_case(&b0) && x.as_str() == y.as_str(),
+            _ => false,
+        }
+    };
+    const STRINGISH: &[&str] = &[
+        "string",
+        "code",
+        "id",
+        "uri",
+        "url",
+        "canonical",
+        "oid",
+        "uuid",
+        "markdown",
+        "base64Binary",
+        "date",
+        "dateTime",
+        "instant",
+        "time",
+        "xhtml",
+    ];
+    match it {
+        Item::Node { ty: Some(ty), .. } => same(ty),
+        Item::Node { v, .. } => match v {
+            Value::Static(StaticNode::Bool(_)) => t == "boolean" || t == "Boolean",
+            Value::Static(StaticNode::I64(_) | StaticNode::U64(_)) => {
+                matches!(
+                    t,
+                    "integer" | "positiveInt" | "unsignedInt" | "integer64" | "Integer" | "decimal"
+                )
+            }
+            Value::Static(StaticNode::F64(_)) => t == "decimal" || t == "Decimal",
+            Value::String(_) => STRINGISH.contains(&t) || t == "String",
+            Value::Object(o) => match o.get("resourceType").and_then(|r| r.as_str_opt()) {
+                Some(rt) => rt == t || t == "Resource" || t == "DomainResource",
+                None => t.starts_with(|c: char| c.is_ascii_uppercase()),
+            },
+            _ => false,
+        },
+        Item::Bool(_) => t == "boolean" || t == "Boolean",
+        Item::Int(_) => t == "integer" || t == "Integer",
+        Item::Dec(_) => t == "decimal" || t == "Decimal",
+        Item::Str(_, k) => match k {
+            StrKind::String => t == "string" || t == "String",
+            StrKind::Date => t == "date" || t == "Date",
+            StrKind::DateTime => t == "dateTime" || t == "DateTime",
+            StrKind::Time => t == "time" || t == "Time",
+        },
+    }
+}
+
+trait AsStrOpt {
+    fn as_str_opt(&self) -> Option<&str>;
+}
+
+impl AsStrOpt for Value<'_> {
+    fn as_str_opt(&self) -> Option<&str> {
+        match self {
+            Value::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+fn object_of<'a>(it: &Item<'a>) -> Option<&'a simd_json::borrowed::Object<'a>> {
+    match it {
+        Item::Node {
+            v: Value::Object(o),
+            ..
+        } => Some(o),
+        _ => None,
+    }
+}
+
+fn const_item(c: &ConstVal) -> Item<'_> {
+    match c {
+        ConstVal::Bool(b) => Item::Bool(*b),
+        ConstVal::Int(i) => Item::Int(*i),
+        ConstVal::Dec(d) => Item::Dec(*d),
+        ConstVal::Str(s, k) => Item::Str(Cow::Borrowed(s), *k),
+    }
+}
+
+fn to_text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
+    match it {
+        Item::Str(s, _) => Some(s.clone()),
+        Item::Node {
+            v: Value::String(s),
+            ..
+        } => {
+            let s: &'a str = s;
+            Some(Cow::Borrowed(s))
+        }
+        Item::Node {
+            v: Value::Static(StaticNode::Bool(b)),
+            ..
+        }
+        | Item::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Item::Node {
+            v: Value::Static(StaticNode::I64(i)),
+            ..
+        }
+        | Item::Int(i) => Some(Cow::Owned(i.to_string())),
+        Item::Node {
+            v: Value::Static(StaticNode::U64(u)),
+            ..
+        } => Some(Cow::Owned(u.to_string())),
+        Item::Node {
+            v: Value::Static(StaticNode::F64(f)),
+            ..
+        }
+        | Item::Dec(f) => Some(Cow::Owned(temporal::float_text(*f))),
+        _ => None,
+    }
+}
+
+fn boundary<'a>(it: &Item<'a>, high: bool) -> Option<Item<'a>> {
+    enum K {
+        Date,
+        DateTime,
+        Time,
+        Dec,
+    }
+    let tagged = match it {
+        Item::Node { ty: Some(t), .. } => match *t {
+            "Date" => Some(K::Date),
+            "DateTime" | "Instant" => Some(K::DateTime),
+            "Time" => Some(K::Time),
+            "Decimal" | "Integer" => Some(K::Dec),
+            _ => None,
+        },
+        Item::Str(_, StrKind::Date) => Some(K::Date),
+        Item::Str(_, StrKind::DateTime) => Some(K::DateTime),
+        Item::Str(_, StrKind::Time) => Some(K::Time),
+        _ => None,
+    };
+    let p = prim(it);
+    let kind = match (tagged, p) {
+        (Some(k), _) => k,
+        (None, Prim::Int(_) | Prim::Dec(_)) => K::Dec,
+        (None, Prim::Str(s)) if s.contains('T') => K::DateTime,
+        (None, Prim::Str(s)) if temporal::is_date(s) => K::Date,
+        (None, Prim::Str(s)) if temporal::is_time(s) => K::Time,
+        _ => return None,
+    };
+    match kind {
+        K::Dec => {
+            let text = match p {
+                Prim::Int(i) => i.to_string(),
+                Prim::Dec(d) => temporal::float_text(d),
+                Prim::Str(s) => s.to_owned(),
+                _ => return None,
+            };
+            let b = temporal::decimal_boundary(&text, high)?;
+            b.parse().ok().map(Item::Dec)
+        }
+        K::Date => {
+            let Prim::Str(s) = p else { return None };
+            temporal::date_boundary(s, high).map(|b| Item::Str(Cow::Owned(b), StrKind::Date))
+        }
+        K::DateTime => {
+            let Prim::Str(s) = p else { return None };
+            temporal::datetime_boundary(s, high)
+                .map(|b| Item::Str(Cow::Owned(b), StrKind::DateTime))
+        }
+        K::Time => {
+            let Prim::Str(s) = p else { return None };
+            temporal::time_boundary(s, high).map(|b| Item::Str(Cow::Owned(b), StrKind::Time))
+        }
+    }
+}
+
+/// `Type/id` → (`Type`, `id`) following the reference implementation: the key is the
+/// last path segment, the type the one before it; any `/_history/...` is dropped.
+pub(crate) fn split_reference(r: &str) -> (Option<&str>, &str) {
+    let r = match r.find("/_history") {
+        Some(i) => &r[..i],
+        None => r,
+    };
+    let mut parts = r.rsplit('/');
+    let key = parts.next().unwrap_or(r);
+    (parts.next(), key)
+}
+
+/// Evaluates `e` with input collection `this`, appending results to `out`.
+pub(crate) fn eval<'a>(
+    e: &'a Expr,
+    env: &Env<'a>,
+    this: &[Item<'a>],
+    out: &mut Vec<Item<'a>>,
+) -> FpResult<()> {
+    match e {
+        Expr::Empty => {}
+        Expr::Literal(l) => out.push(match l {
+            Literal::Bool(b) => Item::Bool(*b),
+            Literal::Int(i) => Item::Int(*i),
+            Literal::Dec(d) => Item::Dec(*d),
+            Literal::Str(s, k) => Item::Str(Cow::Borrowed(s), *k),
+        }),
+        Expr::This => out.extend_from_slice(this),
+        Expr::Root => out.push(Item::node(env.root)),
+        Expr::RowIndex => out.push(Item::Int(env.row_index)),
+        Expr::Const(i) => {
+            let c = env.consts.get(*i).ok_or(FpError("undefined constant"))?;
+            out.push(const_item(c));
+        }
+        Expr::Member {
+            base,
+            name,
+            type_prefix,
+            under,
+        } => {
+            let under = under.as_deref();
+            let step = |it: &Item<'a>, out: &mut Vec<Item<'a>>| {
+                let Item::Node { v, ext, .. } = it else {
+                    return;
+                };
+                if *type_prefix {
+                    if let Value::Object(o) = v {
+                        if o.get("resourceType").and_then(|r| r.as_str_opt()) == Some(name.as_str())
+                        {
+                            out.push(it.clone());
+                            return;
+                        }
+                    }
+                }
+                match (v, ext) {
+                    (Value::Object(_), _) => navigate(v, name, under, out),
+                    (_, Some(x)) => navigate(x, name, under, out),
+                    _ => {}
+                }
+            };
+            if matches!(**base, Expr::This) {
+                for it in this {
+                    step(it, out);
+                }
+            } else {
+                let mut tmp = Vec::new();
+                eval(base, env, this, &mut tmp)?;
+                for it in &tmp {
+                    step(it, out);
+                }
+            }
+        }
+        Expr::Indexer(base, idx) => {
+            let mut tmp = Vec::new();
+            eval(base, env, this, &mut tmp)?;
+            let mut ix = Vec::new();
+            eval(idx, env, this, &mut ix)?;
+            let Some(i) = single(&ix)? else { return Ok(()) };
+            let Prim::Int(i) = prim(i) else {
+                return Err(FpError("index must be an integer"));
+            };
+            if let Ok(i) = usize::try_from(i) {
+                if let Some(it) = tmp.get(i) {
+                    out.push(it.clone());
+                }
+            }
+        }
+        Expr::Neg(a) => {
+            let mut tmp = Vec::new();
+            eval(a, env, this, &mut tmp)?;
+            if let Some(it) = single(&tmp)? {
+                match prim(it) {
+                    Prim::Int(i) => out.push(Item::Int(
+                        i.checked_neg().ok_or(FpError("integer overflow"))?,
+                    )),
+                    Prim::Dec(d) => out.push(Item::Dec(-d)),
+                    _ => return Err(FpError("unary minus needs a number")),
+                }
+            }
+        }
+        Expr::TypeOp(op, a, t) => {
+            let mut tmp = Vec::new();
+            eval(a, env, this, &mut tmp)?;
+            match op {
+                TypeOp::Is => {
+                    if let Some(it) = single(&tmp)? {
+                        out.push(Item::Bool(is_type(it, t)));
+                    }
+                }
+                TypeOp::As => out.extend(tmp.into_iter().filter(|it| is_type(it, t))),
+            }
+        }
+        Expr::Binary(op, l, r) => binary(*op, l, r, env, this, out)?,
+        Expr::Call(base, f) => {
+            let mut input = Vec::new();
+            eval(base, env, this, &mut input)?;
+            call(f, input, env, this, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn eval_vec<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Vec<Item<'a>>> {
+    let mut v = Vec::new();
+    eval(e, env, this, &mut v)?;
+    Ok(v)
+}
+
+fn string_arg<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Option<Cow<'a, str>>> {
+    let v = eval_vec(e, env, this)?;
+    match single(&v)? {
+        None => Ok(None),
+        Some(it) => to_text(it)
+            .map(Some)
+            .ok_or(FpError("expected a string argument")),
+    }
+}
+
+fn call<'a>(
+    f: &'a Func,
+    input: Vec<Item<'a>>,
+    env: &Env<'a>,
+    this: &[Item<'a>],
+    out: &mut Vec<Item<'a>>,
+) -> FpResult<()> {
+    match f {
+        Func::Where(c) => {
+            let mut tmp = Vec::new();
+            for it in input {
+                tmp.clear();
+                eval(c, env, std::slice::from_ref(&it), &mut tmp)?;
+                if to_bool(&tmp)? == Some(true) {
+                    out.push(it);
+                }
+            }
+        }
+        Func::Select(p) => {
+            for it in &input {
+                eval(p, env, std::slice::from_ref(it), out)?;
+            }
+        }
+        Func::All(c) => {
+            let mut all = true;
+            let mut tmp = Vec::new();
+            for it in &input {
+                tmp.clear();
+                eval(c, env, std::slice::from_ref(it), &mut tmp)?;
+                if to_bool(&tmp)? != Some(true) {
+                    all = false;
+                    break;
+                }
+            }
+            out.push(Item::Bool(all));
+        }
+        Func::Exists(None) => out.push(Item::Bool(!input.is_empty())),
+        Func::Exists(Some(c)) => {
+            let mut any = false;
+            let mut tmp = Vec::new();
+            for it in &input {
+                tmp.clear();
+                eval(c, env, std::slice::from_ref(it), &mut tmp)?;
+                if to_bool(&tmp)? == Some(true) {
+                    any = true;
+                    break;
+                }
+            }
+            out.push(Item::Bool(any));
+        }
+        Func::Empty => out.push(Item::Bool(input.is_empty())),
+        Func::First => out.extend(input.into_iter().next()),
+        Func::Last => out.extend(input.into_iter().last()),
+        Func::Single => {
+            if input.len() > 1 {
+                return Err(FpError("single() on a collection of several items"));
+            }
+            out.extend(input);
+        }
+        Func::Count => out.push(Item::Int(i64::try_from(input.len()).unwrap_or(i64::MAX))),
+        Func::Not => {
+            if let Some(b) = to_bool(&input)? {
+                out.push(Item::Bool(!b));
+            }
+        }
+        Func::HasValue => {
+            let has = matches!(
+                single(&input).ok().flatten().map(prim),
+                Some(Prim::Bool(_) | Prim::Int(_) | Prim::Dec(_) | Prim::Str(_))
+            );
+            out.push(Item::Bool(has));
+        }
+        Func::ToString => {
+            if let Some(it) = single(&input)? {
+                if let Some(s) = to_text(it) {
+                    out.push(Item::Str(s, StrKind::String));
+                }
+            }
+        }
+        Func::Distinct => {
+            let mut seen: Vec<Item<'a>> = Vec::with_capacity(input.len());
+            for it in input {
+                if !seen.iter().any(|s| items_eq(s, &it)) {
+                    seen.push(it);
+                }
+            }
+            out.extend(seen);
+        }
+        Func::AllTrue => {
+            let all = input.iter().all(|it| matches!(prim(it), Prim::Bool(true)));
+            out.push(Item::Bool(all));
+        }
+        Func::AnyTrue => {
+            let any = input.iter().any(|it| matches!(prim(it), Prim::Bool(true)));
+            out.push(Item::Bool(any));
+        }
+        Func::OfType(t) | Func::As(t) => out.extend(input.into_iter().filter(|it| is_type(it, t))),
+        Func::Is(t) => {
+            if let Some(it) = single(&input)? {
+                out.push(Item::Bool(is_type(it, t)));
+            }
+        }
+        Func::Extension(url) => {
+            let Some(url) = string_arg(url, env, this)? else {
+                return Ok(());
+            };
+            for it in &input {
+                let holder = match it {
+                    Item::Node {
+                        v: v @ Value::Object(_),
+                        ..
+                    } => Some(*v),
+                    Item::Node { ext: Some(x), .. } => Some(*x),
+                    _ => None,
+                };
+                let Some(Value::Object(o)) = holder else {
+                    continue;
+                };
+                let Some(Value::Array(exts)) = o.get("extension") else {
+                    continue;
+                };
+                for x in exts.iter() {
+                    if let Value::Object(xo) = x {
+                        if xo.get("url").and_then(|u| u.as_str_opt()) == Some(&*url) {
+                            out.push(Item::node(x));
+                        }
+                    }
+                }
+            }
+        }
+        Func::Join(sep) => {
+            let sep = match sep {
+                Some(s) => string_arg(s, env, this)?.unwrap_or(Cow::Borrowed("")),
+                None => Cow::Borrowed(""),
+            };
+            if input.is_empty() {
+                return Ok(());
+            }
+            let mut s = String::new();
+            for (i, it) in input.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(&sep);
+                }
+                s.push_str(&to_text(it).ok_or(FpError("join() needs string items"))?);
+            }
+            out.push(Item::Str(Cow::Owned(s), StrKind::String));
+        }
+        Func::LowBoundary | Func::HighBoundary => {
+            let high = matches!(f, Func::HighBoundary);
+            for it in &input {
+                out.extend(boundary(it, high));
+            }
+        }
+        Func::GetResourceKey => {
+            for it in &input {
+                if let Some(id) = object_of(it).and_then(|o| o.get("id")) {
+                    if matches!(id, Value::String(_)) {
+                        out.push(Item::node(id));
+                    }
+                }
+            }
+        }
+        Func::GetReferenceKey(ty) => {
+            for it in &input {
+                let Some(Value::String(r)) = object_of(it).and_then(|o| o.get("reference")) else {
+                    continue;
+                };
+                let r: &'a str = r;
+                let (rt, key) = split_reference(r);
+                if ty.as_deref().is_none_or(|t| Some(t) == rt) {
+                    out.push(Item::Str(Cow::Borrowed(key), StrKind::String));
+                }
+            }
+        }
+        Func::Iif(c, t, e) => {
+            let cond = eval_vec(c, env, &input)?;
+            if to_bool(&cond)? == Some(true) {
+                eval(t, env, &input, out)?;
+            } else if let Some(e) = e {
+                eval(e, env, &input, out)?;
+            }
+        }
+        Func::StartsWith(a) | Func::EndsWith(a) | Func::ContainsStr(a) => {
+            let Some(it) = single(&input)? else {
+                return Ok(());
+            };
+            let Some(s) = to_text(it) else {
+                return Err(FpError("string function on a non-string"));
+            };
+            let Some(arg) = string_arg(a, env, this)? else {
+                return Ok(());
+            };
+            let r = match f {
+                Func::StartsWith(_) => s.starts_with(&*arg),
+                Func::EndsWith(_) => s.ends_with(&*arg),
+                _ => s.contains(&*arg),
+            };
+            out.push(Item::Bool(r));
+        }
+    }
+    Ok(())
+}
+
+fn binary<'a>(
+    op: BinOp,
+    l: &'a Expr,
+    r: &'a Expr,
+    env: &Env<'a>,
+    this: &[Item<'a>],
+    out: &mut Vec<Item<'a>>,
+) -> FpResult<()> {
+    let lv = eval_vec(l, env, this)?;
+    // Short-circuit the boolean operators when the left side decides.
+    if matches!(op, BinOp::And | BinOp::Or | BinOp::Implies) {
+        let a = to_bool(&lv)?;
+        match (op, a) {
+            (BinOp::And, Some(false)) => {
+                out.push(Item::Bool(false));
+                return Ok(());
+            }
+            (BinOp::Or, Some(true)) => {
+                out.push(Item::Bool(true));
+                return Ok(());
+            }
+            (BinOp::Implies, Some(false)) => {
+                out.push(Item::Bool(true));
+                return Ok(());
+            }
+            _ => {}
+        }
+        let b = to_bool(&eval_vec(r, env, this)?)?;
+        let res = match op {
+            BinOp::And => match (a, b) {
+                (_, Some(false)) => Some(false),
+                (Some(true), Some(true)) => Some(true),
+                _ => None,
+            },
+            BinOp::Or => match (a, b) {
+                (_, Some(true)) => Some(true),
+                (Some(false), Some(false)) => Some(false),
+                _ => None,
+            },
+            _ => match (a, b) {
+                (_, Some(true)) => Some(true),
+                (Some(true), Some(false)) => Some(false),
+                _ => None,
+            },
+        };
+        out.extend(res.map(Item::Bool));
+        return Ok(());
+    }
+    let rv = eval_vec(r, env, this)?;
+    match op {
+        BinOp::Xor => {
+            if let (Some(a), Some(b)) = (to_bool(&lv)?, to_bool(&rv)?) {
+                out.push(Item::Bool(a != b));
+            }
+        }
+        BinOp::Eq | BinOp::Ne => {
+            if lv.is_empty() || rv.is_empty() {
+                return Ok(());
+            }
+            let eq = lv.len() == rv.len() && lv.iter().zip(&rv).all(|(a, b)| items_eq(a, b));
+            out.push(Item::Bool(if op == BinOp::Eq { eq } else { !eq }));
+        }
+        BinOp::Equiv | BinOp::NotEquiv => {
+            let eq = lv.len() == rv.len() && lv.iter().zip(&rv).all(|(a, b)| items_equiv(a, b));
+            out.push(Item::Bool(if op == BinOp::Equiv { eq } else { !eq }));
+        }
+        BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
+            let (Some(a), Some(b)) = (single(&lv)?, single(&rv)?) else {
+                return Ok(());
+            };
+            if let Some(o) = compare(a, b) {
+                out.push(Item::Bool(match op {
+                    BinOp::Lt => o == Ordering::Less,
+                    BinOp::Le => o != Ordering::Greater,
+                    BinOp::Gt => o == Ordering::Greater,
+                    _ => o != Ordering::Less,
+                }));
+            }
+        }
+        BinOp::Union => {
+            for it in lv.into_iter().chain(rv) {
+                if !out.iter().any(|o| items_eq(o, &it)) {
+                    out.push(it);
+                }
+            }
+        }
+        BinOp::In | BinOp::Contains => {
+            let (needle, hay) = if op == BinOp::In {
+                (&lv, &rv)
+            } else {
+                (&rv, &lv)
+            };
+            if let Some(n) = single(needle)? {
+                out.push(Item::Bool(hay.iter().any(|h| items_eq(h, n))));
+            }
+        }
+        BinOp::Concat => {
+            let a = single(&lv)?.map(to_text).unwrap_or(Some(Cow::Borrowed("")));
+            let b = single(&rv)?.map(to_text).unwrap_or(Some(Cow::Borrowed("")));
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(FpError("& needs strings"));
+            };
+            out.push(Item::Str(Cow::Owned(format!("{a}{b}")), StrKind::String));
+        }
+        BinOp::Add | BinOp::Sub | BinOp::Mul | BinOp::Div | BinOp::IntDiv | BinOp::Mod => {
+            let (Some(a), Some(b)) = (single(&lv)?, single(&rv)?) else {
+                return Ok(());
+            };
+            if op == BinOp::Add {
+                if let (Prim::Str(x), Prim::Str(y)) = (prim(a), prim(b)) {
+                    out.push(Item::Str(Cow::Owned(format!("{x}{y}")), StrKind::String));
+                    return Ok(());
+                }
+            }
+            let (Some(x), Some(y)) = (num(prim(a)), num(prim(b))) else {
+                return Err(FpError("arithmetic needs numbers"));
+            };
+            out.extend(arith(op, x, y)?);
+        }
+        BinOp::And | BinOp::Or | BinOp::Implies => {}
+    }
+    Ok(())
+}
+
+fn arith(op: BinOp, x: Num, y: Num) -> FpResult<Option<Item<'static>>> {
+    const OVERFLOW: FpError = FpError("integer overflow");
+    if let (Num::Int(a), Num::Int(b)) = (x, y) {
+        return Ok(match op {
+            BinOp::Add => Some(Item::Int(a.checked_add(b).ok_or(OVERFLOW)?)),
+            BinOp::Sub => Some(Item::Int(a.checked_sub(b).ok_or(OVERFLOW)?)),
+            BinOp::Mul => Some(Item::Int(a.checked_mul(b).ok_or(OVERFLOW)?)),
+            BinOp::Div => (b != 0).then(|| Item::Dec(a as f64 / b as f64)),
+            BinOp::IntDiv => a.checked_div(b).map(Item::Int),
+            _ => a.checked_rem(b).map(Item::Int),
+        });
+    }
+    let (a, b) = (x.f(), y.f());
+    Ok(match op {
+        BinOp::Add => Some(Item::Dec(a + b)),
+        BinOp::Sub => Some(Item::Dec(a - b)),
+        BinOp::Mul => Some(Item::Dec(a * b)),
+        BinOp::Div => (b != 0.0).then(|| Item::Dec(a / b)),
+        BinOp::IntDiv => (b != 0.0).then(|| Item::Int((a / b).trunc() as i64)),
+        _ => (b != 0.0).then(|| Item::Dec(a % b)),
+    })
+}

@@ -1,0 +1,381 @@
+//! Date, time and decimal helpers: `lowBoundary()` / `highBoundary()` and instant parsing.
+//!
+//! Boundaries follow FHIRPath: a partial value is widened to the earliest (lowest) or
+//! latest (highest) value it could stand for, at millisecond precision. A dateTime with no
+//! time zone takes the widest offsets, `+14:00` for the low boundary and `-12:00` for the
+//! high one.
+
+/// Splits a decimal lexical form into (mantissa, scale): `-1.25` → (-125, 2).
+fn parse_decimal(text: &str) -> Option<(i128, u32)> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+    if int.is_empty()
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    if int.len() + frac.len() > 30 {
+        return None;
+    }
+    let mut m: i128 = 0;
+    for b in int.bytes().chain(frac.bytes()) {
+        m = m * 10 + i128::from(b - b'0');
+    }
+    let scale = u32::try_from(frac.len()).ok()?;
+    Some((if neg { -m } else { m }, scale))
+}
+
+fn format_decimal(m: i128, scale: u32) -> String {
+    let neg = m < 0;
+    let digits = m.unsigned_abs().to_string();
+    let scale = scale as usize;
+    let mut out = String::with_capacity(digits.len() + 3);
+    if neg {
+        out.push('-');
+    }
+    if scale == 0 {
+        out.push_str(&digits);
+    } else if digits.len() > scale {
+        out.push_str(&digits[..digits.len() - scale]);
+        out.push('.');
+        out.push_str(&digits[digits.len() - scale..]);
+    } else {
+        out.push_str("0.");
+        for _ in 0..scale - digits.len() {
+            out.push('0');
+        }
+        out.push_str(&digits);
+    }
+    out
+}
+
+/// Boundary of a decimal given in lexical form: half a unit of the last digit below or above.
+pub(crate) fn decimal_boundary(text: &str, high: bool) -> Option<String> {
+    let (m, scale) = parse_decimal(text)?;
+    let m10 = m.checked_mul(10)?;
+    let b = if high { m10 + 5 } else { m10 - 5 };
+    Some(format_decimal(b, scale + 1))
+}
+
+/// Shortest text of a float that reads back to the same value, with at least one
+/// fractional digit (`1.0`, not `1`): a JSON fraction is a FHIR decimal.
+pub(crate) fn float_text(f: f64) -> String {
+    let mut s = format!("{f}");
+    if f.is_finite() && !s.contains('.') && !s.contains('e') {
+        s.push_str(".0");
+    }
+    s
+}
+
+fn all_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+const fn is_leap(y: i64) -> bool {
+    (y % 4 == 0 && y % 100 != 0) || y % 400 == 0
+}
+
+const fn days_in_month(y: i64, m: u32) -> u32 {
+    match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        _ => {
+            if is_leap(y) {
+                29
+            } else {
+                28
+            }
+        }
+    }
+}
+
+/// Parsed `YYYY[-MM[-DD]]`.
+struct DateParts {
+    year: i64,
+    month: Option<u32>,
+    day: Option<u32>,
+}
+
+fn parse_date(s: &str) -> Option<DateParts> {
+    let mut it = s.split('-');
+    let y = it.next()?;
+    if y.len() != 4 || !all_digits(y) {
+        return None;
+    }
+    let year = y.parse().ok()?;
+    let month = match it.next() {
+        None => None,
+        Some(m) if m.len() == 2 && all_digits(m) => {
+            Some(m.parse().ok().filter(|m| (1..=12).contains(m))?)
+        }
+        Some(_) => return None,
+    };
+    let day = match it.next() {
+        None => None,
+        Some(d) if d.len() == 2 && all_digits(d) && month.is_some() => Some(
+            d.parse()
+                .ok()
+                .filter(|d: &u32| *d >= 1 && *d <= days_in_month(year, month.unwrap_or(1)))?,
+        ),
+        Some(_) => return None,
+    };
+    if it.next().is_some() {
+        return None;
+    }
+    Some(DateParts { year, month, day })
+}
+
+fn date_bound(d: &DateParts, high: bool) -> String {
+    let month = d.month.unwrap_or(if high { 12 } else { 1 });
+    let day = d.day.unwrap_or(if high {
+        days_in_month(d.year, month)
+    } else {
+        1
+    });
+    format!("{:04}-{:02}-{:02}", d.year, month, day)
+}
+
+/// Parsed `hh[:mm[:ss[.fff]]]`.
+struct TimeParts<'s> {
+    hour: &'s str,
+    minute: Option<&'s str>,
+    second: Option<&'s str>,
+    frac: Option<&'s str>,
+}
+
+fn parse_time(s: &str) -> Option<TimeParts<'_>> {
+    let (hms, frac) = match s.split_once('.') {
+        Some((a, f)) if all_digits(f) => (a, Some(f)),
+        Some(_) => return None,
+        None => (s, None),
+    };
+    let mut it = hms.split(':');
+    let hour = it.next().filter(|h| h.len() == 2 && all_digits(h))?;
+    let minute = match it.next() {
+        Some(m) if m.len() == 2 && all_digits(m) => Some(m),
+        Some(_) => return None,
+        None => None,
+    };
+    let second = match it.next() {
+        Some(x) if x.len() == 2 && all_digits(x) && minute.is_some() => Some(x),
+        Some(_) => return None,
+        None => None,
+    };
+    if it.next().is_some() || (frac.is_some() && second.is_none()) {
+        return None;
+    }
+    Some(TimeParts {
+        hour,
+        minute,
+        second,
+        frac,
+    })
+}
+
+fn time_bound(t: &TimeParts<'_>, high: bool) -> String {
+    let fill = |v: Option<&str>, hi: &'static str| -> String {
+        v.map_or_else(
+            || if high { hi.to_owned() } else { "00".to_owned() },
+            str::to_owned,
+        )
+    };
+    let frac = match t.frac {
+        Some(f) if f.len() >= 3 => f.to_owned(),
+        Some(f) => {
+            let pad = if high { '9' } else { '0' };
+            let mut s = f.to_owned();
+            while s.len() < 3 {
+                s.push(pad);
+            }
+            s
+        }
+        None => if high { "999" } else { "000" }.to_owned(),
+    };
+    format!(
+        "{}:{}:{}.{}",
+        t.hour,
+        fill(t.minute, "59"),
+        fill(t.second, "59"),
+        frac
+    )
+}
+
+/// Boundary of a date (`1970-06` → `1970-06-01` / `1970-06-30`).
+pub(crate) fn date_boundary(s: &str, high: bool) -> Option<String> {
+    parse_date(s).map(|d| date_bound(&d, high))
+}
+
+/// Boundary of a time (`12:34` → `12:34:00.000` / `12:34:59.999`).
+pub(crate) fn time_boundary(s: &str, high: bool) -> Option<String> {
+    parse_time(s).map(|t| time_bound(&t, high))
+}
+
+fn split_tz(s: &str) -> (&str, Option<&str>) {
+    if let Some(rest) = s.strip_suffix('Z') {
+        return (rest, Some("Z"));
+    }
+    if s.len() > 6 {
+        let (a, b) = s.split_at(s.len() - 6);
+        if (b.starts_with('+') || b.starts_with('-')) && b.as_bytes().get(3) == Some(&b':') {
+            return (a, Some(b));
+        }
+    }
+    (s, None)
+}
+
+/// Boundary of a dateTime, always with a time part and an offset.
+pub(crate) fn datetime_boundary(s: &str, high: bool) -> Option<String> {
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (s, None),
+    };
+    let d = parse_date(date)?;
+    let (time, tz) = match time {
+        Some(t) => {
+            let (t, tz) = split_tz(t);
+            (Some(parse_time(t)?), tz)
+        }
+        None => (None, None),
+    };
+    let date = date_bound(&d, high);
+    let time = match &time {
+        Some(t) => time_bound(t, high),
+        None => if high { "23:59:59.999" } else { "00:00:00.000" }.to_owned(),
+    };
+    let tz = tz.unwrap_or(if high { "-12:00" } else { "+14:00" });
+    Some(format!("{date}T{time}{tz}"))
+}
+
+/// Looks like a date (`YYYY`, `YYYY-MM`, `YYYY-MM-DD`).
+pub(crate) fn is_date(s: &str) -> bool {
+    parse_date(s).is_some()
+}
+
+/// Looks like a time (`hh:mm[:ss[.f]]`).
+pub(crate) fn is_time(s: &str) -> bool {
+    s.contains(':') && !s.contains('T') && parse_time(s).is_some()
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+const fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let m = m as i64;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses a FHIR `instant` (`YYYY-MM-DDThh:mm:ss[.f+](Z|±hh:mm)`) to microseconds since
+/// the Unix epoch, UTC. Digits past the microsecond are truncated.
+pub(crate) fn parse_instant_micros(s: &str) -> Option<i64> {
+    let (date, time) = s.split_once('T')?;
+    let d = parse_date(date)?;
+    let (month, day) = (d.month?, d.day?);
+    let (time, tz) = split_tz(time);
+    let t = parse_time(time)?;
+    let hour: i64 = t.hour.parse().ok()?;
+    let minute: i64 = t.minute?.parse().ok()?;
+    let second: i64 = t.second?.parse().ok()?;
+    if hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let mut micros: i64 = 0;
+    if let Some(f) = t.frac {
+        let mut digits = f
+            .bytes()
+            .take(6)
+            .map(|b| i64::from(b - b'0'))
+            .collect::<Vec<_>>();
+        digits.resize(6, 0);
+        micros = digits.iter().fold(0, |acc, d| acc * 10 + d);
+    }
+    let offset_secs: i64 = match tz? {
+        "Z" => 0,
+        o => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let h: i64 = o.get(1..3)?.parse().ok()?;
+            let m: i64 = o.get(4..6)?.parse().ok()?;
+            sign * (h * 3600 + m * 60)
+        }
+    };
+    let days = days_from_civil(d.year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    secs.checked_mul(1_000_000)?.checked_add(micros)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decimal_boundaries() {
+        assert_eq!(decimal_boundary("1.0", false).as_deref(), Some("0.95"));
+        assert_eq!(decimal_boundary("1.0", true).as_deref(), Some("1.05"));
+        assert_eq!(decimal_boundary("-1.0", false).as_deref(), Some("-1.05"));
+        assert_eq!(decimal_boundary("2", true).as_deref(), Some("2.5"));
+        assert_eq!(decimal_boundary("0.001", false).as_deref(), Some("0.0005"));
+        assert_eq!(float_text(1.0), "1.0");
+        assert_eq!(float_text(1.5), "1.5");
+    }
+
+    #[test]
+    fn temporal_boundaries() {
+        assert_eq!(
+            date_boundary("1970-06", false).as_deref(),
+            Some("1970-06-01")
+        );
+        assert_eq!(
+            date_boundary("1970-06", true).as_deref(),
+            Some("1970-06-30")
+        );
+        assert_eq!(
+            date_boundary("2000-02", true).as_deref(),
+            Some("2000-02-29")
+        );
+        assert_eq!(date_boundary("1970", true).as_deref(), Some("1970-12-31"));
+        assert_eq!(
+            datetime_boundary("2010-10-10", false).as_deref(),
+            Some("2010-10-10T00:00:00.000+14:00")
+        );
+        assert_eq!(
+            datetime_boundary("2010-10-10", true).as_deref(),
+            Some("2010-10-10T23:59:59.999-12:00")
+        );
+        assert_eq!(
+            datetime_boundary("2010-10-10T10:30Z", true).as_deref(),
+            Some("2010-10-10T10:30:59.999Z")
+        );
+        assert_eq!(
+            time_boundary("12:34:00", false).as_deref(),
+            Some("12:34:00.000")
+        );
+        assert_eq!(
+            time_boundary("12:34:00", true).as_deref(),
+            Some("12:34:00.999")
+        );
+        assert!(date_boundary("1970-13", true).is_none());
+        assert!(datetime_boundary("nonsense", true).is_none());
+    }
+
+    #[test]
+    fn instants() {
+        assert_eq!(parse_instant_micros("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(
+            parse_instant_micros("1970-01-01T01:00:00.5+01:00"),
+            Some(500_000)
+        );
+        assert_eq!(
+            parse_instant_micros("2015-02-07T13:28:17.239+02:00"),
+            Some(1_423_308_497_239_000)
+        );
+        assert_eq!(parse_instant_micros("2015-02-07"), None);
+        assert_eq!(parse_instant_micros("2015-02-07T13:28:17"), None);
+    }
+}

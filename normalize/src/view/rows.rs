@@ -1,0 +1,359 @@
+//! Row generation: `forEach` / `forEachOrNull` / `repeat` iteration, cross-joined nested
+//! selects and `unionAll`, column values converted to their output type.
+//!
+//! A select produces a *fragment*: `rows` rows of `width` cells, stored flat. The cells of
+//! a select are its columns, then each nested select's cells, then the `unionAll` cells,
+//! which is exactly the order of the view's output fields.
+
+use std::borrow::Cow;
+
+use simd_json::prelude::*;
+use simd_json::{BorrowedValue as Value, StaticNode};
+
+use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
+use super::{CompiledView, EvalError};
+use crate::fhirpath::eval::{eval, prim, to_strict_bool, Env, FpError, Item, Prim};
+use crate::fhirpath::temporal;
+
+/// Deepest `repeat` recursion followed before the resource is rejected.
+const MAX_REPEAT_DEPTH: usize = 64;
+
+/// One output value, already in its column's representation.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Cell<'a> {
+    Null,
+    Bool(bool),
+    Int(i64),
+    Str(Cow<'a, str>),
+    /// Microseconds since the epoch, UTC.
+    Ts(i64),
+    List(Vec<Cell<'a>>),
+}
+
+#[derive(Debug)]
+pub(crate) struct Frag<'a> {
+    pub(crate) width: usize,
+    pub(crate) rows: usize,
+    pub(crate) cells: Vec<Cell<'a>>,
+}
+
+impl<'a> Frag<'a> {
+    pub(crate) const fn new(width: usize) -> Self {
+        Frag {
+            width,
+            rows: 0,
+            cells: Vec::new(),
+        }
+    }
+
+    fn append(&mut self, other: Frag<'a>) {
+        debug_assert_eq!(self.width, other.width);
+        self.rows += other.rows;
+        self.cells.extend(other.cells);
+    }
+
+    fn push_nulls(&mut self) {
+        self.rows += 1;
+        self.cells
+            .extend(std::iter::repeat_n(Cell::Null, self.width));
+    }
+}
+
+/// Cartesian product, rows of `a` outermost.
+fn cross<'a>(a: Frag<'a>, b: Frag<'a>) -> Frag<'a> {
+    if a.width == 0 && a.rows == 1 {
+        return b;
+    }
+    if b.width == 0 && b.rows == 1 {
+        return a;
+    }
+    let width = a.width + b.width;
+    let rows = a.rows * b.rows;
+    let mut cells = Vec::with_capacity(rows * width);
+    for ra in 0..a.rows {
+        let left = &a.cells[ra * a.width..(ra + 1) * a.width];
+        for rb in 0..b.rows {
+            cells.extend_from_slice(left);
+            cells.extend_from_slice(&b.cells[rb * b.width..(rb + 1) * b.width]);
+        }
+    }
+    Frag { width, rows, cells }
+}
+
+fn expr_err(at: &str, e: FpError) -> EvalError {
+    EvalError::Expression {
+        at: at.to_owned(),
+        reason: e.0,
+    }
+}
+
+/// Evaluates the whole view on one resource of the right type; `None` when filtered out.
+pub(crate) fn eval_view<'a>(
+    view: &'a CompiledView,
+    resource: &'a Value<'a>,
+) -> Result<Option<Frag<'a>>, EvalError> {
+    let env = Env {
+        root: resource,
+        consts: &view.constants,
+        row_index: 0,
+    };
+    let this = [Item::node(resource)];
+    let mut tmp = Vec::new();
+    for (w, at) in &view.wheres {
+        tmp.clear();
+        eval(w, &env, &this, &mut tmp).map_err(|e| expr_err(at, e))?;
+        match to_strict_bool(&tmp) {
+            Ok(Some(true)) => {}
+            Ok(_) => return Ok(None),
+            Err(_) => return Err(EvalError::WhereNotBoolean { at: at.clone() }),
+        }
+    }
+    let mut out = Frag::new(view.root.width);
+    body(&view.root, &env, &this, &mut out)?;
+    Ok(Some(out))
+}
+
+fn select<'a>(
+    plan: &'a SelectPlan,
+    env: &Env<'a>,
+    item: &[Item<'a>],
+    out: &mut Frag<'a>,
+) -> Result<(), EvalError> {
+    match &plan.iter {
+        Iteration::None => body(plan, env, item, out),
+        Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => {
+            let mut nodes = Vec::new();
+            eval(e, env, item, &mut nodes).map_err(|err| expr_err(&plan.at, err))?;
+            if nodes.is_empty() && matches!(plan.iter, Iteration::ForEachOrNull(_)) {
+                // The null row: the body sees an empty focus (so `%rowIndex` is 0 and
+                // paths are null); when that yields no row at all, one row of nulls.
+                let env = Env {
+                    row_index: 0,
+                    ..*env
+                };
+                let before = out.rows;
+                body(plan, &env, &[], out)?;
+                if out.rows == before {
+                    out.push_nulls();
+                }
+                return Ok(());
+            }
+            iterate(plan, env, &nodes, out)
+        }
+        Iteration::Repeat(paths) => {
+            let mut nodes = Vec::new();
+            repeat(paths, env, item, 0, &plan.at, &mut nodes)?;
+            iterate(plan, env, &nodes, out)
+        }
+    }
+}
+
+fn iterate<'a>(
+    plan: &'a SelectPlan,
+    env: &Env<'a>,
+    nodes: &[Item<'a>],
+    out: &mut Frag<'a>,
+) -> Result<(), EvalError> {
+    for (i, n) in nodes.iter().enumerate() {
+        let env = Env {
+            row_index: i64::try_from(i).unwrap_or(i64::MAX),
+            ..*env
+        };
+        body(plan, &env, std::slice::from_ref(n), out)?;
+    }
+    Ok(())
+}
+
+fn repeat<'a>(
+    paths: &'a [crate::fhirpath::Expr],
+    env: &Env<'a>,
+    item: &[Item<'a>],
+    depth: usize,
+    at: &str,
+    out: &mut Vec<Item<'a>>,
+) -> Result<(), EvalError> {
+    if depth > MAX_REPEAT_DEPTH {
+        return Err(EvalError::RepeatTooDeep {
+            at: at.to_owned(),
+            limit: MAX_REPEAT_DEPTH,
+        });
+    }
+    let mut children = Vec::new();
+    for p in paths {
+        children.clear();
+        eval(p, env, item, &mut children).map_err(|e| expr_err(at, e))?;
+        for c in &children {
+            out.push(c.clone());
+            repeat(paths, env, std::slice::from_ref(c), depth + 1, at, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn body<'a>(
+    plan: &'a SelectPlan,
+    env: &Env<'a>,
+    item: &[Item<'a>],
+    out: &mut Frag<'a>,
+) -> Result<(), EvalError> {
+    let mut acc = Frag {
+        width: 0,
+        rows: 1,
+        cells: Vec::new(),
+    };
+    if !plan.columns.is_empty() {
+        let mut cells = Vec::with_capacity(plan.columns.len());
+        let mut tmp = Vec::new();
+        for c in &plan.columns {
+            tmp.clear();
+            eval(&c.expr, env, item, &mut tmp).map_err(|e| expr_err(&c.at, e))?;
+            cells.push(column_cell(c, &tmp)?);
+        }
+        acc = Frag {
+            width: plan.columns.len(),
+            rows: 1,
+            cells,
+        };
+    }
+    for s in &plan.selects {
+        let mut f = Frag::new(s.width);
+        select(s, env, item, &mut f)?;
+        if f.rows == 0 {
+            return Ok(());
+        }
+        acc = cross(acc, f);
+    }
+    if let Some(first) = plan.union_all.first() {
+        let mut f = Frag::new(first.width);
+        for u in &plan.union_all {
+            let mut part = Frag::new(u.width);
+            select(u, env, item, &mut part)?;
+            f.append(part);
+        }
+        if f.rows == 0 {
+            return Ok(());
+        }
+        acc = cross(acc, f);
+    }
+    out.append(acc);
+    Ok(())
+}
+
+fn column_cell<'a>(c: &ColumnPlan, items: &[Item<'a>]) -> Result<Cell<'a>, EvalError> {
+    let conv = |it: &Item<'a>| {
+        to_cell(c.kind, it).map_err(|found| EvalError::ColumnType {
+            column: c.name.clone(),
+            kind: c.kind.describe(),
+            found,
+        })
+    };
+    if c.collection {
+        return items
+            .iter()
+            .map(conv)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Cell::List);
+    }
+    match items {
+        [] => Ok(Cell::Null),
+        [one] => conv(one),
+        _ => Err(EvalError::NotSingleton {
+            column: c.name.clone(),
+            count: items.len(),
+        }),
+    }
+}
+
+impl ColKind {
+    pub(crate) const fn describe(self) -> &'static str {
+        match self {
+            ColKind::Bool => "boolean",
+            ColKind::Int => "integer",
+            ColKind::Dec => "decimal",
+            ColKind::Str => "string",
+            ColKind::Instant => "instant",
+        }
+    }
+}
+
+fn text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
+    match it {
+        Item::Str(s, _) => Some(s.clone()),
+        Item::Node {
+            v: Value::String(s),
+            ..
+        } => {
+            let s: &'a str = s;
+            Some(Cow::Borrowed(s))
+        }
+        Item::Node {
+            v: Value::Static(StaticNode::Bool(b)),
+            ..
+        }
+        | Item::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
+        Item::Node {
+            v: Value::Static(StaticNode::I64(i)),
+            ..
+        }
+        | Item::Int(i) => Some(Cow::Owned(i.to_string())),
+        Item::Node {
+            v: Value::Static(StaticNode::U64(u)),
+            ..
+        } => Some(Cow::Owned(u.to_string())),
+        Item::Node {
+            v: Value::Static(StaticNode::F64(f)),
+            ..
+        }
+        | Item::Dec(f) => Some(Cow::Owned(temporal::float_text(*f))),
+        Item::Node {
+            v: v @ (Value::Object(_) | Value::Array(_)),
+            ..
+        } => Some(Cow::Owned(v.encode())),
+        Item::Node {
+            v: Value::Static(StaticNode::Null),
+            ..
+        } => None,
+    }
+}
+
+/// Converts one item to a cell of `kind`; the error names what was found instead.
+fn to_cell<'a>(kind: ColKind, it: &Item<'a>) -> Result<Cell<'a>, &'static str> {
+    let p = prim(it);
+    if matches!(p, Prim::Null) {
+        return Ok(Cell::Null);
+    }
+    match kind {
+        ColKind::Bool => match p {
+            Prim::Bool(b) => Ok(Cell::Bool(b)),
+            _ => Err(found(p)),
+        },
+        ColKind::Int => match p {
+            Prim::Int(i) => Ok(Cell::Int(i)),
+            Prim::Dec(d) if d.fract() == 0.0 && d.abs() < 9.0e15 => Ok(Cell::Int(d as i64)),
+            _ => Err(found(p)),
+        },
+        ColKind::Dec => match p {
+            Prim::Int(_) | Prim::Dec(_) => text(it).map(Cell::Str).ok_or("null"),
+            Prim::Str(s) if s.parse::<f64>().is_ok() => text(it).map(Cell::Str).ok_or("null"),
+            _ => Err(found(p)),
+        },
+        ColKind::Str => text(it).map(Cell::Str).ok_or("null"),
+        ColKind::Instant => match p {
+            Prim::Str(s) => temporal::parse_instant_micros(s)
+                .map(Cell::Ts)
+                .ok_or("malformed instant"),
+            _ => Err(found(p)),
+        },
+    }
+}
+
+const fn found(p: Prim<'_>) -> &'static str {
+    match p {
+        Prim::Bool(_) => "boolean",
+        Prim::Int(_) => "integer",
+        Prim::Dec(_) => "decimal",
+        Prim::Str(_) => "string",
+        Prim::Complex => "complex",
+        Prim::Null => "null",
+    }
+}
