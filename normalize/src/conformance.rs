@@ -241,6 +241,14 @@ fn run_test(t: &Json, resources: &[Vec<u8>]) -> Result<(), String> {
     Ok(())
 }
 
+/// Renders arrays from a builder of `view` as JSON rows keyed by column name: booleans and
+/// integers as JSON values, decimals as JSON numbers, instants as microseconds since the
+/// epoch, lists as arrays. Used by the conformance runner and by golden tests.
+pub fn json_rows(view: &CompiledView, arrays: &[ArrayRef]) -> Vec<Map<String, Json>> {
+    let rows = arrays.first().map_or(0, |a| a.len());
+    render_rows(&view.columns, arrays, rows)
+}
+
 /// Renders Arrow columns back to JSON rows keyed by column name.
 fn render_rows(cols: &[ColumnMeta], arrays: &[ArrayRef], rows: usize) -> Vec<Map<String, Json>> {
     (0..rows)
@@ -277,6 +285,9 @@ fn render_value(kind: ColKind, a: &dyn Array, i: usize, collection: bool) -> Jso
         ColKind::Str => Json::String(a.as_string::<i32>().value(i).to_owned()),
         ColKind::Dec => {
             let s = a.as_string::<i32>().value(i);
+            if let Ok(int) = s.parse::<i64>() {
+                return Json::from(int);
+            }
             s.parse::<f64>()
                 .ok()
                 .and_then(serde_json::Number::from_f64)
