@@ -1,0 +1,563 @@
+//! Bulk export lifecycle, file downloads, search paging and injected faults.
+
+mod common;
+
+use std::io::Read as _;
+
+use common::*;
+use fhirhose_sandbox::{RunningSandbox, SandboxConfig};
+use serde_json::{json, Value};
+
+async fn kickoff(sb: &RunningSandbox, tok: &str, query: &str) -> reqwest::Response {
+    http()
+        .get(format!("{}/$export{query}", sb.base_url()))
+        .bearer_auth(tok)
+        .header("Accept", "application/fhir+json")
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Polls until the manifest arrives; returns (number of 202s, manifest).
+async fn poll(sb: &RunningSandbox, tok: &str, status_url: &str) -> (u32, Value) {
+    let _ = sb;
+    let mut waits = 0;
+    loop {
+        let r = http()
+            .get(status_url)
+            .bearer_auth(tok)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => {
+                assert!(r.headers().contains_key("x-progress"));
+                assert!(r.headers().contains_key("retry-after"));
+                waits += 1;
+                assert!(waits < 10, "export never completed");
+            }
+            200 => return (waits, r.json().await.unwrap()),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+}
+
+fn gunzip(b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(b)
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[tokio::test]
+async fn export_happy_path() {
+    let sb = start(SandboxConfig {
+        patients: 6,
+        export_polls: 2,
+        poll_retry_after: 0,
+        resources_per_file: 40,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+
+    let r = kickoff(
+        &sb,
+        &tok,
+        "?_type=Patient,Observation&_outputFormat=application/fhir%2Bndjson",
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
+    assert!(status_url.starts_with(&sb.base_url()));
+
+    let (waits, manifest) = poll(&sb, &tok, &status_url).await;
+    assert_eq!(waits, 2);
+    assert!(manifest["transactionTime"].is_string());
+    assert!(manifest["request"].as_str().unwrap().contains("$export"));
+    assert_eq!(manifest["requiresAccessToken"], true);
+    assert_eq!(manifest["error"], json!([]));
+    let output = manifest["output"].as_array().unwrap();
+    let patients: u64 = output
+        .iter()
+        .filter(|o| o["type"] == "Patient")
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(patients, 6);
+    let obs_files = output.iter().filter(|o| o["type"] == "Observation").count();
+    assert!(obs_files > 1, "40 resources per file splits Observations");
+    assert!(output
+        .iter()
+        .all(|o| o["type"] == "Patient" || o["type"] == "Observation"));
+
+    // Download the first Observation file: gzip, then ranges.
+    let file = output.iter().find(|o| o["type"] == "Observation").unwrap();
+    let url = file["url"].as_str().unwrap();
+    let plain = c.get(url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(plain.status(), 200);
+    assert_eq!(plain.headers()["content-type"], "application/fhir+ndjson");
+    let etag = plain.headers()["etag"].to_str().unwrap().to_owned();
+    let last_modified = plain.headers()["last-modified"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let body = plain.bytes().await.unwrap();
+    let lines: Vec<&[u8]> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(lines.len() as u64, file["count"].as_u64().unwrap());
+    for l in &lines {
+        let v: Value = serde_json::from_slice(l).unwrap();
+        assert_eq!(v["resourceType"], "Observation");
+    }
+
+    let gz = c
+        .get(url)
+        .bearer_auth(&tok)
+        .header("Accept-Encoding", "gzip")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gz.headers()["content-encoding"], "gzip");
+    assert_eq!(gunzip(&gz.bytes().await.unwrap()), body);
+
+    let part = c
+        .get(url)
+        .bearer_auth(&tok)
+        .header("Range", "bytes=10-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(part.status(), 206);
+    assert_eq!(
+        part.headers()["content-range"].to_str().unwrap(),
+        format!("bytes 10-{}/{}", body.len() - 1, body.len())
+    );
+    assert_eq!(part.bytes().await.unwrap(), body.slice(10..));
+
+    let same = c
+        .get(url)
+        .bearer_auth(&tok)
+        .header("Range", "bytes=0-4")
+        .header("If-Range", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(same.status(), 206);
+    let by_date = c
+        .get(url)
+        .bearer_auth(&tok)
+        .header("Range", "bytes=0-4")
+        .header("If-Range", &last_modified)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_date.status(), 206);
+    let stale = c
+        .get(url)
+        .bearer_auth(&tok)
+        .header("Range", "bytes=0-4")
+        .header("If-Range", "\"other\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), 200);
+    let beyond = c
+        .get(url)
+        .bearer_auth(&tok)
+        .header("Range", format!("bytes={}-", body.len()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(beyond.status(), 416);
+
+    // Files need the token when requiresAccessToken is true.
+    assert_eq!(c.get(url).send().await.unwrap().status(), 401);
+
+    // DELETE, then the job is gone.
+    let del = c
+        .delete(&status_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 202);
+    assert_eq!(
+        c.get(&status_url)
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    assert_eq!(
+        c.get(url).bearer_auth(&tok).send().await.unwrap().status(),
+        404
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn kickoff_validation_post_parameters_and_levels() {
+    let sb = sandbox("").await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+
+    let no_prefer = c
+        .get(format!("{}/$export", sb.base_url()))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(no_prefer.status(), 400);
+    assert_eq!(
+        kickoff(&sb, &tok, "?_outputFormat=text/csv").await.status(),
+        400
+    );
+    assert_eq!(
+        kickoff(&sb, &tok, "?_since=last-tuesday").await.status(),
+        400
+    );
+
+    // POST with a Parameters resource, repeated _type accepted by default.
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Condition"},
+        {"name": "_type", "valueString": "Immunization"},
+        {"name": "_since", "valueInstant": "2019-01-01T00:00:00Z"},
+        {"name": "_typeFilter", "valueString": "Condition?clinical-status=active"}
+    ]});
+    let r = c
+        .post(format!("{}/Patient/$export", sb.base_url()))
+        .bearer_auth(&tok)
+        .header("Prefer", "respond-async")
+        .json(&params)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let types: Vec<&str> = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["type"].as_str().unwrap())
+        .collect();
+    assert!(
+        types.contains(&"Condition") && types.contains(&"Immunization") && types.len() == 2,
+        "{types:?}"
+    );
+
+    // Group export of all patients excludes non-compartment types like Practitioner.
+    let r = c
+        .get(format!(
+            "{}/Group/{}/$export",
+            sb.base_url(),
+            fhirhose_sandbox::GROUP_ALL_PATIENTS
+        ))
+        .bearer_auth(&tok)
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let types = manifest["output"].to_string();
+    assert!(types.contains("\"Patient\"") && !types.contains("Practitioner"));
+    let unknown = c
+        .get(format!("{}/Group/nope/$export", sb.base_url()))
+        .bearer_auth(&tok)
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // _since in the future selects nothing.
+    let r = kickoff(&sb, &tok, "?_since=2999-01-01T00:00:00Z").await;
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    assert_eq!(manifest["output"], json!([]));
+
+    // Scope: a token for Observation only may not export Patient explicitly.
+    let obs_only = token(&sb, "system/Observation.read").await;
+    let r = kickoff(&sb, &obs_only, "?_type=Patient").await;
+    assert_eq!(r.status(), 403);
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn vendor_quirks_and_manifest_faults() {
+    let sb = sandbox(
+        "reject-repeated-type,tiny-files=3,error-file,deleted,delete-404,poll-retry-after=3600",
+    )
+    .await;
+    let tok = token(&sb, "system/*.read").await;
+    assert_eq!(
+        kickoff(&sb, &tok, "?_type=Patient&_type=Condition")
+            .await
+            .status(),
+        400
+    );
+    let r = kickoff(&sb, &tok, "?_type=Patient,Condition").await;
+    assert_eq!(r.status(), 202);
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
+    let first = http()
+        .get(&status_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.headers()["retry-after"], "3600");
+    let (_, manifest) = poll(&sb, &tok, &status_url).await;
+    let output = manifest["output"].as_array().unwrap();
+    assert!(output.iter().all(|o| o["count"].as_u64().unwrap() <= 3));
+    assert!(output.len() >= 2);
+
+    let c = http();
+    let err_url = manifest["error"][0]["url"].as_str().unwrap();
+    let body = c
+        .get(err_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in body.lines() {
+        assert_eq!(
+            serde_json::from_str::<Value>(line).unwrap()["resourceType"],
+            "OperationOutcome"
+        );
+    }
+    let del_url = manifest["deleted"][0]["url"].as_str().unwrap();
+    let body = c
+        .get(del_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let first: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
+    assert_eq!(first["resourceType"], "Bundle");
+    assert_eq!(first["entry"][0]["request"]["method"], "DELETE");
+
+    assert_eq!(
+        c.delete(&status_url)
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn redirect_to_storage_origin_rejects_bearer() {
+    let sb = sandbox("redirect-files").await;
+    let tok = token(&sb, "system/*.read").await;
+    let r = kickoff(&sb, &tok, "?_type=Patient").await;
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let url = manifest["output"][0]["url"].as_str().unwrap();
+    let c = http();
+    let redirect = c.get(url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(redirect.status(), 307);
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.starts_with(&sb.storage_origin()));
+    assert!(location.contains("sig="));
+
+    let with_bearer = c.get(&location).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(with_bearer.status(), 400);
+    let without = c.get(&location).send().await.unwrap();
+    assert_eq!(without.status(), 200);
+    assert_eq!(without.text().await.unwrap().lines().count(), 5);
+    let tampered = c
+        .get(location.replace("sig=", "sig=0"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(tampered.status(), 403);
+
+    let log = sb.request_log();
+    let storage: Vec<_> = log.iter().filter(|e| e.origin == "storage").collect();
+    assert_eq!(storage.len(), 3);
+    assert!(storage[0].bearer_present && storage[0].status == 400);
+    assert!(storage
+        .iter()
+        .all(|e| e.query.as_deref().unwrap().contains("sig=REDACTED")));
+    assert!(!format!("{log:?}").contains(&tok));
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn injected_statuses_resets_and_truncation() {
+    let sb = sandbox("429=first:1@fhir,retry-after=date,503=every:2@status,truncate=first:1@file,reset=first:1@file").await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+
+    let throttled = c
+        .get(format!("{}/Patient", sb.base_url()))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(throttled.status(), 429);
+    let ra = throttled.headers()["retry-after"].to_str().unwrap();
+    assert!(ra.ends_with(" GMT"), "HTTP-date Retry-After, got {ra}");
+    assert_eq!(
+        c.get(format!("{}/Patient", sb.base_url()))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    let r = kickoff(&sb, &tok, "?_type=Patient").await;
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
+    let s1 = c
+        .get(&status_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let s2 = c
+        .get(&status_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!((s1.as_u16(), s2.as_u16()), (202, 503));
+    let manifest: Value = c
+        .get(&status_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = manifest["output"][0]["url"].as_str().unwrap();
+
+    // First download: truncated (clean end, half the bytes) — reset is ruled out for the
+    // same request because only one body fault applies.
+    let truncated = c
+        .get(url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    // Second download: reset mid-body (the reset rule's first eligible request was the
+    // first download too, so use a fresh spec).
+    let full = c
+        .get(url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(truncated.len(), full.len() / 2);
+
+    sb.set_faults("reset=first:1@file".parse().unwrap());
+    let reset = c.get(url).bearer_auth(&tok).send().await.unwrap();
+    assert_eq!(reset.status(), 200);
+    assert!(reset.bytes().await.is_err(), "body must fail mid-stream");
+    let log = sb.request_log();
+    assert!(log.iter().any(|e| e.fault.as_deref() == Some("truncate")));
+    assert!(log.iter().any(|e| e.fault.as_deref() == Some("reset")));
+    assert!(log.iter().any(|e| e.fault.as_deref() == Some("429")));
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn search_and_read_with_paging() {
+    let sb = sandbox("").await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+    let pid = sb.patient_ids()[1].clone();
+
+    let mut url = format!("{}/Observation?patient={pid}&_count=5", sb.base_url());
+    let mut seen = 0;
+    let mut total = None;
+    for _ in 0..100 {
+        let b: Value = c
+            .get(&url)
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(b["type"], "searchset");
+        total = b["total"].as_u64();
+        for e in b["entry"].as_array().unwrap() {
+            assert_eq!(
+                e["resource"]["subject"]["reference"],
+                format!("Patient/{pid}")
+            );
+            seen += 1;
+        }
+        match b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+        {
+            Some(next) => url = next["url"].as_str().unwrap().to_owned(),
+            None => break,
+        }
+    }
+    assert_eq!(Some(seen), total);
+    assert!(seen > 5, "several pages");
+
+    let p: Value = c
+        .get(format!("{}/Patient/{pid}", sb.base_url()))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(p["id"], pid.as_str());
+    let missing = c
+        .get(format!("{}/Patient/nope", sb.base_url()))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+
+    let recent: Value = c
+        .get(format!(
+            "{}/Condition?_lastUpdated=gt2999-01-01",
+            sb.base_url()
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recent["total"], 0);
+    sb.shutdown().await;
+}
