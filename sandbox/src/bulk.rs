@@ -25,6 +25,7 @@
 //! with `Content-Range`; `If-Range` with a stale validator answers 200 with the whole
 //! file; an unsatisfiable range is 416. `ETag` and `Last-Modified` are stable per file.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use axum::body::Body;
@@ -84,7 +85,7 @@ pub(crate) struct Job {
     last_modified: String,
     created: Instant,
     polls: u32,
-    files: Vec<ExportFile>,
+    files: Vec<Arc<ExportFile>>,
     fail: bool,
     requires_token: bool,
 }
@@ -111,7 +112,10 @@ fn kickoff_params(r: &Req) -> Result<Vec<(String, String)>, Response> {
             let value = p.as_object().and_then(|o| {
                 o.iter()
                     .find(|(k, _)| k.starts_with("value"))
-                    .and_then(|(_, v)| v.as_str().map(str::to_owned))
+                    .and_then(|(k, v)| match k.as_str() {
+                        "valueReference" => v["reference"].as_str().map(str::to_owned),
+                        _ => v.as_str().map(str::to_owned),
+                    })
             });
             if let Some(value) = value {
                 params.push((name.to_owned(), value));
@@ -176,6 +180,17 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         .filter(|t| !t.is_empty())
         .collect();
     let patient_level = !matches!(level, Level::System);
+    // The `patient` parameter (Bulk Data 2.0, POST) narrows a Patient/Group export.
+    let only_patients: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "patient")
+        .flat_map(|(_, v)| v.split(','))
+        .map(|v| v.trim().trim_start_matches("Patient/"))
+        .filter(|v| !v.is_empty())
+        .collect();
+    if !patient_level && !only_patients.is_empty() {
+        return bad_request("the patient parameter applies to Patient and Group exports only");
+    }
     let in_compartment = |ty: &str| {
         sh.store
             .entries(ty)
@@ -223,6 +238,10 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
             .filter(|(_, e)| {
                 since.is_none_or(|s| e.last_updated_ms >= s)
                     && (!patient_level || e.patient.is_some())
+                    && (only_patients.is_empty()
+                        || e.patient
+                            .as_deref()
+                            .is_some_and(|p| only_patients.contains(&p)))
                     && visible(e, access, &grant)
             })
             .map(|(i, _)| i as u32)
@@ -280,7 +299,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
             last_modified: http_date(SystemTime::now()),
             created: Instant::now(),
             polls: 0,
-            files,
+            files: files.into_iter().map(Arc::new).collect(),
             fail: spec.export_error,
             requires_token: sh.cfg.require_access_token,
         },
@@ -521,28 +540,31 @@ async fn serve_file(sh: &Shared, r: &Req, rest: &str) -> Response {
     else {
         return not_found();
     };
-    let (content, last_modified) = {
+    let (file, last_modified) = {
         let jobs = lock(&sh.jobs);
-        let Some(file) = jobs
-            .get(job_id)
-            .and_then(|j| j.files.get(index).map(|f| (j, f)))
-        else {
-            return not_found();
-        };
-        let (job, file) = file;
-        let bytes = match &file.content {
-            Content::Inline(b) => b.clone(),
-            Content::Lines { ty, indices } => {
-                let entries = sh.store.entries(ty);
-                let mut out = Vec::with_capacity(indices.len() * 1024);
-                for &i in indices {
-                    out.extend_from_slice(&entries[i as usize].line);
-                    out.push(b'\n');
-                }
-                Bytes::from(out)
+        let found = jobs.get(job_id).and_then(|j| {
+            j.files
+                .get(index)
+                .map(|f| (f.clone(), j.last_modified.clone()))
+        });
+        match found {
+            Some(found) => found,
+            None => return not_found(),
+        }
+    };
+    // Files are rebuilt from the store on each request (outside the jobs lock): the bytes
+    // are a pure function of the snapshot, so ETag and ranges stay valid without caching.
+    let content = match &file.content {
+        Content::Inline(b) => b.clone(),
+        Content::Lines { ty, indices } => {
+            let entries = sh.store.entries(ty);
+            let mut out = Vec::with_capacity(indices.len() * 1024);
+            for &i in indices {
+                out.extend_from_slice(&entries[i as usize].line);
+                out.push(b'\n');
             }
-        };
-        (bytes, job.last_modified.clone())
+            Bytes::from(out)
+        }
     };
     let etag = format!("\"{job_id}-{index}\"");
     let ignore_range = lock(&sh.faults).spec.ignore_range;

@@ -455,3 +455,104 @@ async fn app_launch_with_pkce_and_refresh() {
     assert!(!log.contains(&refresh) && !log.contains(&at));
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn ehr_launch_and_introspection() {
+    let sb = sandbox("").await;
+    let c = http();
+    let (verifier, challenge) = pkce();
+    let patient = sb.patient_ids()[2].clone();
+    let resp = c
+        .get(sb.authorize_url())
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", APP_CLIENT),
+            ("redirect_uri", REDIRECT),
+            ("scope", "launch patient/*.read"),
+            ("state", "s1"),
+            ("aud", sb.base_url().as_str()),
+            ("launch", patient.as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "S256"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let loc = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    let code = q(&loc, "code").unwrap();
+    let v: Value = c
+        .post(sb.token_url())
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("client_id", APP_CLIENT),
+            ("code_verifier", verifier.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["patient"], patient.as_str(), "launch selects the patient");
+    assert!(
+        v["encounter"].is_string(),
+        "EHR launch carries an encounter"
+    );
+    assert!(
+        v.get("refresh_token").is_none(),
+        "no offline_access, no refresh token"
+    );
+    let at = v["access_token"].as_str().unwrap();
+
+    let introspect = |token: String| {
+        let c = c.clone();
+        let url = sb.token_url().replace("/token", "/introspect");
+        async move {
+            c.post(url)
+                .form(&[("token", token.as_str())])
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let active = introspect(at.to_owned()).await;
+    assert_eq!(active["active"], true);
+    assert_eq!(active["patient"], patient.as_str());
+    assert_eq!(introspect("bogus".into()).await["active"], false);
+
+    // PKCE is mandatory.
+    let resp = c
+        .get(sb.authorize_url())
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", APP_CLIENT),
+            ("redirect_uri", REDIRECT),
+            ("state", "s2"),
+            ("aud", sb.base_url().as_str()),
+            ("code_challenge", challenge.as_str()),
+            ("code_challenge_method", "plain"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let loc = url::Url::parse(resp.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(q(&loc, "error").as_deref(), Some("invalid_request"));
+    // An unregistered redirect_uri is answered directly, never redirected to.
+    let resp = c
+        .get(sb.authorize_url())
+        .query(&[
+            ("response_type", "code"),
+            ("client_id", APP_CLIENT),
+            ("redirect_uri", "https://evil.example/"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    sb.shutdown().await;
+}

@@ -561,3 +561,95 @@ async fn search_and_read_with_paging() {
     assert_eq!(recent["total"], 0);
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn slow_token_faults_export_error_and_open_files() {
+    let sb = start(SandboxConfig {
+        patients: 4,
+        poll_retry_after: 0,
+        require_access_token: false,
+        faults: "slow=60ms@fhir,503=first:1@token".parse().unwrap(),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let c = http();
+    // The token endpoint answers 503 once, then works.
+    assert_eq!(
+        token_response(&sb, "ES384", "es-1", "system/*.read")
+            .await
+            .status(),
+        503
+    );
+    let tok = token(&sb, "system/*.read").await;
+
+    let t = std::time::Instant::now();
+    assert_eq!(
+        c.get(format!("{}/Patient", sb.base_url()))
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(t.elapsed() >= std::time::Duration::from_millis(60));
+
+    // requiresAccessToken=false: files download without a token; the patient parameter
+    // narrows a Patient-level export.
+    let pid = sb.patient_ids()[0].clone();
+    let params = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Encounter"},
+        {"name": "patient", "valueReference": {"reference": format!("Patient/{pid}")}}
+    ]});
+    let r = c
+        .post(format!("{}/Patient/$export", sb.base_url()))
+        .bearer_auth(&tok)
+        .header("Prefer", "respond-async")
+        .json(&params)
+        .send()
+        .await
+        .unwrap();
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    assert_eq!(manifest["requiresAccessToken"], false);
+    for o in manifest["output"].as_array().unwrap() {
+        let body = c
+            .get(o["url"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in body.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            let owner = if v["resourceType"] == "Patient" {
+                v["id"].as_str().unwrap().to_owned()
+            } else {
+                v["subject"]["reference"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("Patient/")
+                    .to_owned()
+            };
+            assert_eq!(owner, pid);
+        }
+    }
+
+    // export-error: the job fails with an OperationOutcome.
+    sb.set_faults("export-error".parse().unwrap());
+    let r = kickoff(&sb, &tok, "").await;
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
+    let mut last = 0;
+    for _ in 0..3 {
+        last = c
+            .get(&status_url)
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+    }
+    assert_eq!(last, 500);
+    sb.shutdown().await;
+}
