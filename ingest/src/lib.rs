@@ -1,1 +1,3 @@
 //! fhirhose-ingest
+pub mod auth;
+pub mod http;
