@@ -26,7 +26,9 @@
 //! file; an unsatisfiable range is 416. `ETag` and `Last-Modified` are stable per file.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -88,6 +90,14 @@ pub(crate) struct Job {
     files: Vec<Arc<ExportFile>>,
     fail: bool,
     requires_token: bool,
+    /// Bulk Data 4.0 manifest (`outcome` instead of `error`).
+    v4: bool,
+}
+
+impl Job {
+    fn is_done(&self, sh: &Shared) -> bool {
+        self.polls > sh.cfg.export_polls && self.created.elapsed() >= sh.cfg.export_min_duration
+    }
 }
 
 fn bad_request(msg: &str) -> Response {
@@ -141,6 +151,29 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         Err(resp) => return resp,
     };
     let spec: FaultSpec = lock(&sh.faults).spec.clone();
+    if spec.bulk_v4 && r.method != "POST" {
+        return outcome(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "bulk export kick-off requires POST with a Parameters resource",
+        );
+    }
+    if spec.single_job {
+        let busy = lock(&sh.jobs)
+            .values()
+            .any(|j| j.client_id == grant.client_id && !j.is_done(sh));
+        if busy {
+            let mut resp = outcome(
+                StatusCode::TOO_MANY_REQUESTS,
+                "throttled",
+                "another export job of this client is still in progress",
+            );
+            let retry = spec.poll_retry_after.unwrap_or(sh.cfg.poll_retry_after);
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry));
+            return resp;
+        }
+    }
     let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     if let Level::Group(id) = level {
         if id != GROUP_ALL_PATIENTS {
@@ -170,6 +203,9 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         .filter(|(k, _)| k == "_type")
         .map(|(_, v)| v.as_str())
         .collect();
+    if spec.bulk_v4 && type_params.iter().any(|t| t.contains(',')) {
+        return bad_request("comma-joined _type values are not supported; repeat the parameter");
+    }
     if spec.reject_repeated_type && type_params.len() > 1 {
         return bad_request("repeated _type parameters are not supported; join types with commas");
     }
@@ -302,6 +338,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
             files: files.into_iter().map(Arc::new).collect(),
             fail: spec.export_error,
             requires_token: sh.cfg.require_access_token,
+            v4: spec.bulk_v4,
         },
     );
     let mut resp = outcome(StatusCode::ACCEPTED, "informational", "export job accepted");
@@ -349,9 +386,7 @@ pub(crate) fn status(sh: &Shared, r: &Req, id: &str) -> Response {
         return outcome(StatusCode::NOT_FOUND, "not-found", "no such export job");
     };
     job.polls += 1;
-    let done =
-        job.polls > sh.cfg.export_polls && job.created.elapsed() >= sh.cfg.export_min_duration;
-    if !done {
+    if !job.is_done(sh) {
         let pct = (job.polls * 100) / (sh.cfg.export_polls + 1);
         let mut resp = StatusCode::ACCEPTED.into_response();
         let h = resp.headers_mut();
@@ -377,14 +412,15 @@ pub(crate) fn status(sh: &Shared, r: &Req, id: &str) -> Response {
             .map(|(i, f)| json!({"type": f.ty, "url": url(i), "count": f.count}))
             .collect()
     };
-    let manifest = json!({
+    let mut manifest = json!({
         "transactionTime": job.transaction_time,
         "request": job.request,
         "requiresAccessToken": job.requires_token,
         "output": list(|k| matches!(k, FileKind::Output)),
         "deleted": list(|k| matches!(k, FileKind::Deleted)),
-        "error": list(|k| matches!(k, FileKind::Error)),
     });
+    let errors_key = if job.v4 { "outcome" } else { "error" };
+    manifest[errors_key] = Value::Array(list(|k| matches!(k, FileKind::Error)));
     let mut resp = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],

@@ -29,6 +29,12 @@
 //!          | "deleted"                the manifest carries a `deleted` file (Bundles of DELETEs)
 //!          | "export-error"           the export job fails: status answers 500 + OperationOutcome
 //!          | "reject-repeated-type"   vendor quirk: a repeated `_type` parameter is a 400
+//!          | "bulk-v4"                Bulk Data 4.0 server: kick-off is POST-only (GET is
+//!                                     405), comma-joined `_type` is a 400, and the manifest
+//!                                     names its error files `outcome` instead of `error`
+//!          | "single-job"             vendor quirk: kick-off answers 429 while another
+//!                                     export of the same client is still in progress
+//!          | "max-concurrent-files" "=" N     more than N concurrent file downloads: 429
 //!          | "seed" "=" N             seed of the fault RNG (default 0)
 //! when    := rate ["@" targets]
 //! rate    := FLOAT in [0,1] (probability, drawn from the seeded RNG)
@@ -160,6 +166,12 @@ pub struct FaultSpec {
     pub export_error: bool,
     /// A repeated `_type` parameter is rejected with 400.
     pub reject_repeated_type: bool,
+    /// Behave like a Bulk Data 4.0 server (POST-only kick-off, `outcome` in the manifest).
+    pub bulk_v4: bool,
+    /// Only one in-progress export per client; further kick-offs get 429.
+    pub single_job: bool,
+    /// File downloads beyond this many in flight get 429.
+    pub max_concurrent_files: Option<usize>,
 }
 
 /// Default delay of `slow` when only a rate is given: long enough to be visible in a
@@ -187,6 +199,9 @@ impl Default for FaultSpec {
             deleted: false,
             export_error: false,
             reject_repeated_type: false,
+            bulk_v4: false,
+            single_job: false,
+            max_concurrent_files: None,
         }
     }
 }
@@ -387,6 +402,11 @@ fn parse_spec<'a>(s: &'a str) -> Result<FaultSpec, FaultSpecError> {
                 "deleted" => spec.deleted = true,
                 "export-error" => spec.export_error = true,
                 "reject-repeated-type" => spec.reject_repeated_type = true,
+                "bulk-v4" => spec.bulk_v4 = true,
+                "single-job" => spec.single_job = true,
+                "max-concurrent-files" => {
+                    spec.max_concurrent_files = Some(int(value)?.max(1) as usize)
+                }
                 other => return Err(err(format!("unknown fault `{other}`"))),
             }
         }

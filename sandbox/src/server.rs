@@ -11,9 +11,10 @@
 //!             route ─► handler ─► [reset/truncate body] ─► log (no tokens) ─► response
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -37,6 +38,9 @@ use crate::{RequestLogEntry, RunningSandbox, SandboxConfig, SandboxError};
 
 /// Bodies we accept (token forms, Parameters resources, `_search` forms) are small.
 const MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+/// The request log keeps the most recent entries only, so a long-running
+/// `fhirhose sandbox` does not grow without bound (an entry is ~200 bytes).
+const MAX_LOG_ENTRIES: usize = 100_000;
 /// Hard cap on `_count`, like most servers.
 const MAX_PAGE_SIZE: usize = 1000;
 /// Query parameters whose values never reach the request log.
@@ -95,7 +99,9 @@ pub(crate) struct Shared {
     pub(crate) auth: Mutex<AuthState>,
     pub(crate) faults: Mutex<FaultEngine>,
     pub(crate) jobs: Mutex<HashMap<String, bulk::Job>>,
-    pub(crate) log: Mutex<Vec<RequestLogEntry>>,
+    pub(crate) log: Mutex<VecDeque<RequestLogEntry>>,
+    /// File downloads currently being answered (for `max-concurrent-files`).
+    pub(crate) files_in_flight: AtomicUsize,
     /// Key of the storage origin's URL signatures.
     pub(crate) url_key: String,
 }
@@ -145,7 +151,11 @@ impl Shared {
             fault = entry.fault.as_deref().unwrap_or(""),
             "sandbox request"
         );
-        lock(&self.log).push(entry);
+        let mut log = lock(&self.log);
+        if log.len() >= MAX_LOG_ENTRIES {
+            log.pop_front();
+        }
+        log.push_back(entry);
     }
 }
 
@@ -421,17 +431,59 @@ async fn serve_origin(sh: Arc<Shared>, req: Request, origin: &'static str) -> Re
         classify(&r.path)
     };
     let decision = target.map_or_else(Decision::default, |t| lock(&sh.faults).decide(t));
+    // Vendor quirk: too many concurrent downloads are throttled. A download counts from
+    // arrival until its body has been sent.
+    let limit = (target == Some(Targets::FILE))
+        .then(|| lock(&sh.faults).spec.max_concurrent_files)
+        .flatten();
+    let (slot, over_limit) = match limit {
+        Some(max) => {
+            let (slot, n) = InFlight::enter(&sh);
+            (Some(slot), n > max)
+        }
+        None => (None, false),
+    };
     if let Some(d) = decision.slow {
         tokio::time::sleep(d).await;
     }
     let resp = match decision.status {
         Some(s) => fault_status(&sh, s),
+        None if over_limit => fault_status(&sh, 429),
         None if origin == "storage" => bulk::storage_download(&sh, &r).await,
         None => route(&sh, &r).await,
     };
     let resp = apply_body_fault(resp, decision.body).await;
+    // Keep the download counted until its body has been sent.
+    let resp = match slot {
+        Some(slot) => {
+            let (parts, body) = resp.into_parts();
+            let stream = body.into_data_stream().map(move |chunk| {
+                let _held = &slot;
+                chunk
+            });
+            Response::from_parts(parts, Body::from_stream(stream))
+        }
+        None => resp,
+    };
     sh.record(&r, origin, resp.status(), decision.label());
     resp
+}
+
+/// Counts a file download in flight until dropped (it travels with the response body).
+struct InFlight(Arc<Shared>);
+
+impl InFlight {
+    /// The guard and the number in flight including this one.
+    fn enter(sh: &Arc<Shared>) -> (Self, usize) {
+        let n = sh.files_in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        (Self(sh.clone()), n)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.files_in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn fhir_handler(State(sh): State<Arc<Shared>>, req: Request) -> Response {
@@ -475,6 +527,7 @@ async fn route(sh: &Arc<Shared>, r: &Req) -> Response {
             params.extend(r.query.iter().cloned());
             search(sh, r, ty, &params)
         }
+        ("GET", ["Group", id]) if *id == crate::GROUP_ALL_PATIENTS => group(sh, r),
         ("GET", [ty, id]) => read(sh, r, ty, id),
         _ => outcome(
             StatusCode::NOT_FOUND,
@@ -570,6 +623,33 @@ fn capability_statement(sh: &Shared) -> Value {
 
 fn known_type(sh: &Shared, ty: &str) -> bool {
     sh.store.has_type(ty) || ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+}
+
+/// The synthetic Group of every patient (members listed, so clients can count them).
+fn group(sh: &Shared, r: &Req) -> Response {
+    let grant = match authenticate(sh, r) {
+        Ok(g) => g,
+        Err(resp) => return resp,
+    };
+    if let Err(resp) = require(&grant, "Group", scopes::R) {
+        return resp;
+    }
+    let ids = sh.store.patient_ids();
+    let members: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"entity": {"reference": format!("Patient/{id}")}}))
+        .collect();
+    let v = json!({
+        "resourceType": "Group",
+        "id": crate::GROUP_ALL_PATIENTS,
+        "meta": {"versionId": "1", "lastUpdated": now_instant()},
+        "type": "person",
+        "actual": true,
+        "name": "All patients",
+        "quantity": ids.len(),
+        "member": members,
+    });
+    fhir_json(StatusCode::OK, v.to_string())
 }
 
 fn read(sh: &Shared, r: &Req, ty: &str, id: &str) -> Response {
@@ -779,7 +859,8 @@ pub(crate) async fn start(cfg: SandboxConfig) -> Result<RunningSandbox, SandboxE
         auth: Mutex::new(AuthState::default()),
         faults: Mutex::new(FaultEngine::new(cfg.faults.clone())),
         jobs: Mutex::new(HashMap::new()),
-        log: Mutex::new(Vec::new()),
+        log: Mutex::new(VecDeque::new()),
+        files_in_flight: AtomicUsize::new(0),
         url_key: random_hex(32),
         cfg,
     });

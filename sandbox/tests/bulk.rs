@@ -653,3 +653,65 @@ async fn slow_token_faults_export_error_and_open_files() {
     assert_eq!(last, 500);
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn bulk_v4_single_job_and_concurrency_quirks() {
+    let sb = sandbox("bulk-v4,single-job,max-concurrent-files=1,slow=250ms@file").await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+    let post = |params: Value| {
+        c.post(format!("{}/$export", sb.base_url()))
+            .bearer_auth(&tok)
+            .header("Prefer", "respond-async")
+            .json(&params)
+            .send()
+    };
+    // 4.0: GET kick-off is refused, comma-joined _type too.
+    assert_eq!(kickoff(&sb, &tok, "?_type=Patient").await.status(), 405);
+    let comma = json!({"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Patient,Condition"}]});
+    assert_eq!(post(comma).await.unwrap().status(), 400);
+    let ok = json!({"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient"}, {"name": "_type", "valueString": "Condition"}]});
+    let r = post(ok.clone()).await.unwrap();
+    assert_eq!(r.status(), 202);
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
+
+    // single-job: a second kick-off while the first is in progress is throttled.
+    let busy = post(ok.clone()).await.unwrap();
+    assert_eq!(busy.status(), 429);
+    assert!(busy.headers().contains_key("retry-after"));
+
+    let (_, manifest) = poll(&sb, &tok, &status_url).await;
+    assert!(manifest.get("outcome").is_some() && manifest.get("error").is_none());
+    assert_eq!(
+        post(ok).await.unwrap().status(),
+        202,
+        "free again once the first job is done"
+    );
+
+    // max-concurrent-files=1: of three simultaneous downloads, one succeeds.
+    let url = manifest["output"][0]["url"].as_str().unwrap().to_owned();
+    let get = || c.get(&url).bearer_auth(&tok).send();
+    let (a, b, d) = tokio::join!(get(), get(), get());
+    let mut statuses = [a, b, d].map(|r| r.unwrap().status().as_u16());
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 429, 429]);
+    assert_eq!(get().await.unwrap().status(), 200, "slots are released");
+
+    // The all-patients Group is readable.
+    let g: Value = c
+        .get(format!(
+            "{}/Group/{}",
+            sb.base_url(),
+            fhirhose_sandbox::GROUP_ALL_PATIENTS
+        ))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(g["quantity"], 5);
+    sb.shutdown().await;
+}
