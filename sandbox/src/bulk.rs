@@ -467,6 +467,13 @@ fn signature(sh: &Shared, path: &str, expires: i64) -> String {
 
 /// `/files/{job}/{n}.ndjson` on the FHIR origin.
 pub(crate) async fn fhir_download(sh: &Shared, r: &Req, rest: &str) -> Response {
+    if r.method != "GET" && r.method != "HEAD" {
+        return outcome(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "not-supported",
+            "export files are read-only",
+        );
+    }
     let requires_token = {
         let jobs = lock(&sh.jobs);
         let job_id = rest.split('/').next().unwrap_or_default();
@@ -496,6 +503,9 @@ pub(crate) async fn fhir_download(sh: &Shared, r: &Req, rest: &str) -> Response 
 
 /// `/files/{job}/{n}.ndjson?expires=..&sig=..` on the storage origin.
 pub(crate) async fn storage_download(sh: &Shared, r: &Req) -> Response {
+    if r.method != "GET" && r.method != "HEAD" {
+        return StatusCode::METHOD_NOT_ALLOWED.into_response();
+    }
     if r.header("authorization").is_some() {
         return (
             StatusCode::BAD_REQUEST,

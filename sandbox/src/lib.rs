@@ -5,21 +5,42 @@
 //! would share its bugs. It listens on 127.0.0.1 only, on two ports: the FHIR origin and a
 //! separate *storage* origin that plays the role of a signed-URL object store.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), fhirhose_sandbox::SandboxError> {
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use fhirhose_sandbox::{Sandbox, SandboxConfig};
+//!
 //! let sandbox = Sandbox::start(SandboxConfig {
-//!     patients: 25,
-//!     faults: "429=0.1,retry-after=date,redirect-files".parse().expect("valid fault spec"),
+//!     patients: 3,
+//!     faults: "429=first:1@fhir,retry-after=date".parse()?,
 //!     ..SandboxConfig::default()
 //! })
 //! .await?;
 //! sandbox.register_secret_client("demo", "s3cret", "system/*.read");
-//! println!("FHIR base {} token {}", sandbox.base_url(), sandbox.token_url());
-//! // ... run a client ...
-//! assert!(sandbox.request_log().iter().all(|e| !e.query.as_deref().unwrap_or("").contains("s3cret")));
+//!
+//! let http = reqwest::Client::new();
+//! let token: serde_json::Value = http
+//!     .post(sandbox.token_url())
+//!     .basic_auth("demo", Some("s3cret"))
+//!     .form(&[("grant_type", "client_credentials"), ("scope", "system/Patient.read")])
+//!     .send()
+//!     .await?
+//!     .json()
+//!     .await?;
+//! let token = token["access_token"].as_str().unwrap_or_default();
+//!
+//! let url = format!("{}/Patient", sandbox.base_url());
+//! let first = http.get(&url).bearer_auth(token).send().await?;
+//! assert_eq!(first.status(), 429); // the injected fault, with an HTTP-date Retry-After
+//! let bundle: serde_json::Value = http.get(&url).bearer_auth(token).send().await?.json().await?;
+//! assert_eq!(bundle["total"], 3);
+//!
+//! let log = sandbox.request_log();
+//! assert_eq!(log.last().map(|e| e.status), Some(200));
+//! assert!(!format!("{log:?}").contains(token)); // tokens never reach the log
 //! sandbox.shutdown().await;
-//! # Ok(()) }
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # URL layout (FHIR origin `http://127.0.0.1:PORT`)
@@ -47,7 +68,32 @@
 //! [`SandboxConfig::require_auth`] is set: 401 with `WWW-Authenticate` when it is missing,
 //! unknown, expired or revoked; 403 with an OperationOutcome naming the missing scope.
 //!
-//! Faults are described in [`faults`]; the data generator in [`generate`].
+//! # Data
+//!
+//! By default the server generates `patients` synthetic patients with [`generate`]
+//! (deterministic from `seed`; about 36 KB of NDJSON per patient, so ~28 000 patients make
+//! 1 GB). With `data_dir` it serves the `*.ndjson` and `*.ndjson.gz` files of a directory
+//! instead (e.g. `tests/data/corpus`). Either way the resources are held in memory as raw
+//! lines, so memory is about the size of the data set. Export files are rebuilt from memory
+//! on each download and are byte-identical across downloads of the same job.
+//!
+//! # Faults
+//!
+//! [`FaultSpec`] is parsed from the `--faults` syntax documented in [`faults`], e.g.
+//! `429=0.2,retry-after=date,500=every:7@status,reset=0.05@file,slow=200ms@fhir,
+//! token-lifetime=3s,redirect-files,tiny-files=5,error-file,deleted,seed=42`. Rates use a
+//! seeded RNG (or exact `every:N` / `first:N` schedules), so a run is reproducible;
+//! [`RunningSandbox::set_faults`] switches them at runtime, and every injected fault is
+//! named in the [`RequestLogEntry::fault`] of the request it hit.
+//!
+//! # App Launch
+//!
+//! Register a public client with [`RunningSandbox::register_public_client`], then drive
+//! `GET /auth/authorize` (auto-approved) and the `authorization_code` grant with PKCE S256.
+//! The launch patient is the `launch` parameter when it names a patient (EHR launch), else
+//! [`SandboxConfig::launch_patient`], else the first patient. `patient/...` scopes limit
+//! reads, searches and exports to that patient's compartment; v2 `?category=` scope
+//! constraints are enforced on the resource's first category code.
 
 // Handlers return ready-made HTTP error responses through `Result<_, Response>`; one is
 // built per failed request, so the size of the `Err` variant does not matter here.
@@ -226,6 +272,17 @@ impl RunningSandbox {
     /// Origin of the second listener serving redirected file downloads.
     pub fn storage_origin(&self) -> String {
         self.shared.storage_origin.clone()
+    }
+
+    /// Number of resources of each type the server holds (what a full system-level
+    /// export with `system/*.read` returns).
+    pub fn resource_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.shared.store.counts()
+    }
+
+    /// The fault spec currently in force.
+    pub fn faults(&self) -> FaultSpec {
+        server::lock(&self.shared.faults).spec.clone()
     }
 
     /// Ids of all patients, in data order.

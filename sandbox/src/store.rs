@@ -208,6 +208,13 @@ impl Store {
         self.entries(ty).get(i)
     }
 
+    pub(crate) fn counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.types
+            .iter()
+            .map(|(t, e)| (t.clone(), e.len()))
+            .collect()
+    }
+
     pub(crate) fn patient_ids(&self) -> Vec<String> {
         self.entries("Patient")
             .iter()
