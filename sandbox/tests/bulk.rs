@@ -292,7 +292,7 @@ async fn kickoff_validation_post_parameters_and_levels() {
 #[tokio::test]
 async fn vendor_quirks_and_manifest_faults() {
     let sb = sandbox(
-        "reject-repeated-type,tiny-files=3,error-file,deleted,delete-404,poll-retry-after=3600",
+        "reject-repeated-type,tiny-files=3,error-file,deleted,delete-404,poll-retry-after=3600,ignore-range",
     )
     .await;
     let tok = token(&sb, "system/*.read").await;
@@ -348,6 +348,19 @@ async fn vendor_quirks_and_manifest_faults() {
     let first: Value = serde_json::from_str(body.lines().next().unwrap()).unwrap();
     assert_eq!(first["resourceType"], "Bundle");
     assert_eq!(first["entry"][0]["request"]["method"], "DELETE");
+
+    // ignore-range: a Range request gets the whole file with 200.
+    let out_url = output[0]["url"].as_str().unwrap();
+    let ranged = c
+        .get(out_url)
+        .bearer_auth(&tok)
+        .header("Range", "bytes=5-")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ranged.status(), 200);
+    assert!(ranged.headers().get("content-range").is_none());
+    assert!(ranged.text().await.unwrap().starts_with('{'));
 
     assert_eq!(
         c.delete(&status_url)
