@@ -1,18 +1,77 @@
 //! Evaluation of compiled expressions over borrowed JSON.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::cmp::Ordering;
 
 use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::temporal;
-use super::{BinOp, ConstVal, Expr, Func, Literal, StrKind, TypeOp};
+use super::{BinOp, ConstVal, Expr, Func, Literal, Step, StrKind, TypeOp};
 
 /// An evaluation failure inside an expression. Messages carry no resource content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FpError(pub(crate) &'static str);
 
 pub(crate) type FpResult<T> = Result<T, FpError>;
+
+thread_local! {
+    /// Recycled scratch vectors: evaluation needs a few temporary collections per
+    /// expression and allocating them per resource dominated the profile.
+    static POOL: RefCell<Vec<Vec<Item<'static>>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Most scratch vectors kept per thread.
+const POOL_MAX: usize = 64;
+
+/// Re-types an empty vector to another lifetime, keeping its allocation (in-place
+/// `collect` reuses the buffer when the element layout is the same).
+pub(crate) fn relabel<'x, 'y, T: 'x, U: 'y>(mut v: Vec<T>) -> Vec<U> {
+    v.clear();
+    v.into_iter()
+        .map(|_| unreachable!("the vector was cleared"))
+        .collect()
+}
+
+/// A pooled scratch collection, returned to the pool on drop.
+#[derive(Debug)]
+pub(crate) struct Buf<'a>(Vec<Item<'a>>);
+
+impl<'a> Buf<'a> {
+    pub(crate) fn take() -> Self {
+        let v = POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default();
+        Buf(relabel(v))
+    }
+}
+
+impl Drop for Buf<'_> {
+    fn drop(&mut self) {
+        let v = std::mem::take(&mut self.0);
+        if v.capacity() == 0 || v.capacity() > 4096 {
+            return;
+        }
+        let v: Vec<Item<'static>> = relabel(v);
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_MAX {
+                p.push(v);
+            }
+        });
+    }
+}
+
+impl<'a> std::ops::Deref for Buf<'a> {
+    type Target = Vec<Item<'a>>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Buf<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
 
 /// Placeholder node for a primitive that has only a `_name` extension part.
 static NULL: Value<'static> = Value::Static(StaticNode::Null);
@@ -155,11 +214,20 @@ fn navigate<'a>(obj: &'a Value<'a>, name: &str, under: Option<&str>, out: &mut V
             return;
         }
     }
+    // Choice type: `value` finds `valueQuantity`. Misses are common (optional fields), so
+    // cheap byte checks come before any string comparison.
+    let nb = name.as_bytes();
+    let Some(&first) = nb.first() else { return };
     for (k, v) in map.iter() {
         let k: &'a str = k;
-        if k.len() > name.len() && k.starts_with(name) {
+        let kb = k.as_bytes();
+        if kb.len() > nb.len()
+            && kb[0] == first
+            && kb[nb.len()].is_ascii_uppercase()
+            && &kb[..nb.len()] == nb
+        {
             let suffix = &k[name.len()..];
-            if suffix.as_bytes()[0].is_ascii_uppercase() && FHIR_TYPES.contains(&suffix) {
+            if FHIR_TYPES.contains(&suffix) {
                 push_value(v, Some(suffix), None, out);
                 return;
             }
@@ -475,13 +543,183 @@ fn boundary<'a>(it: &Item<'a>, high: bool) -> Option<Item<'a>> {
 /// `Type/id` → (`Type`, `id`) following the reference implementation: the key is the
 /// last path segment, the type the one before it; any `/_history/...` is dropped.
 pub(crate) fn split_reference(r: &str) -> (Option<&str>, &str) {
-    let r = match r.find("/_history") {
-        Some(i) => &r[..i],
-        None => r,
+    const HISTORY: &[u8] = b"/_history";
+    let b = r.as_bytes();
+    // Byte loops: references are short and this runs for every reference column.
+    let mut end = b.len();
+    let mut i = 0;
+    while i + HISTORY.len() <= b.len() {
+        if b[i] == b'/' && b[i + 1] == b'_' && &b[i..i + HISTORY.len()] == HISTORY {
+            end = i;
+            break;
+        }
+        i += 1;
+    }
+    let Some(slash) = b[..end].iter().rposition(|&c| c == b'/') else {
+        return (None, &r[..end]);
     };
-    let mut parts = r.rsplit('/');
-    let key = parts.next().unwrap_or(r);
-    (parts.next(), key)
+    let key = &r[slash + 1..end];
+    let type_start = b[..slash]
+        .iter()
+        .rposition(|&c| c == b'/')
+        .map_or(0, |p| p + 1);
+    (Some(&r[type_start..slash]), key)
+}
+
+fn member_step<'a>(
+    it: &Item<'a>,
+    name: &str,
+    type_prefix: bool,
+    under: Option<&str>,
+    out: &mut Vec<Item<'a>>,
+) {
+    let Item::Node { v, ext, .. } = it else {
+        return;
+    };
+    if type_prefix {
+        if let Value::Object(o) = v {
+            if o.get("resourceType").and_then(|r| r.as_str_opt()) == Some(name) {
+                out.push(it.clone());
+                return;
+            }
+        }
+    }
+    match (v, ext) {
+        (Value::Object(_), _) => navigate(v, name, under, out),
+        (_, Some(x)) => navigate(x, name, under, out),
+        _ => {}
+    }
+}
+
+fn choice_step<'a>(it: &Item<'a>, name: &str, key: &'a str, ty: &str, out: &mut Vec<Item<'a>>) {
+    let Item::Node {
+        v: Value::Object(map),
+        ..
+    } = it
+    else {
+        return;
+    };
+    if let Some(v) = map.get(key) {
+        // The tag is the key's suffix (`DateTime`), as `navigate` gives for choice keys.
+        push_value(v, key.get(name.len()..), None, out);
+        return;
+    }
+    if let Some(v) = map.get(name) {
+        let start = out.len();
+        push_value(v, None, None, out);
+        let mut i = start;
+        while i < out.len() {
+            if is_type(&out[i], ty) {
+                i += 1;
+            } else {
+                out.remove(i);
+            }
+        }
+    }
+}
+
+/// Applies a navigation step to every item of `src`; `false` for steps that are not
+/// navigation.
+fn nav_step<'a>(step: &'a Step, src: &[Item<'a>], dst: &mut Vec<Item<'a>>) -> bool {
+    match step {
+        Step::Field {
+            name,
+            type_prefix,
+            under,
+        } => {
+            for it in src {
+                member_step(it, name, *type_prefix, under.as_deref(), dst);
+            }
+            true
+        }
+        Step::Choice { name, key, ty } => {
+            for it in src {
+                choice_step(it, name, key, ty, dst);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Evaluates a flattened chain in place at the tail of `out` (no scratch buffers).
+fn eval_path<'a>(
+    start: &'a Expr,
+    steps: &'a [Step],
+    env: &Env<'a>,
+    this: &[Item<'a>],
+    out: &mut Vec<Item<'a>>,
+) -> FpResult<()> {
+    let base = out.len();
+    let mut rest = steps;
+    if matches!(start, Expr::This) {
+        // Navigate straight from the input without copying it.
+        match steps.first() {
+            Some(first) if nav_step(first, this, out) => rest = &steps[1..],
+            _ => out.extend_from_slice(this),
+        }
+    } else {
+        eval(start, env, this, out)?;
+    }
+    for step in rest {
+        let end = out.len();
+        if end == base {
+            return Ok(());
+        }
+        match step {
+            Step::Field {
+                name,
+                type_prefix,
+                under,
+            } => {
+                for i in base..end {
+                    let it = out[i].clone();
+                    member_step(&it, name, *type_prefix, under.as_deref(), out);
+                }
+                out.drain(base..end);
+            }
+            Step::Choice { name, key, ty } => {
+                for i in base..end {
+                    let it = out[i].clone();
+                    choice_step(&it, name, key, ty, out);
+                }
+                out.drain(base..end);
+            }
+            Step::OfType(t) => {
+                let mut w = base;
+                for r in base..end {
+                    if is_type(&out[r], t) {
+                        out.swap(w, r);
+                        w += 1;
+                    }
+                }
+                out.truncate(w);
+            }
+            Step::First => out.truncate(base + 1),
+            Step::Index(n) => {
+                if *n < end - base {
+                    out.swap(base, base + n);
+                    out.truncate(base + 1);
+                } else {
+                    out.truncate(base);
+                }
+            }
+            Step::Where(c) => {
+                let mut tmp = Buf::take();
+                let mut w = base;
+                for r in base..end {
+                    tmp.clear();
+                    eval(c, env, std::slice::from_ref(&out[r]), &mut tmp)?;
+                    if to_bool(&tmp)? == Some(true) {
+                        out.swap(w, r);
+                        w += 1;
+                    }
+                }
+                out.truncate(w);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Evaluates `e` with input collection `this`, appending results to `out`.
@@ -514,40 +752,24 @@ pub(crate) fn eval<'a>(
         } => {
             let under = under.as_deref();
             let step = |it: &Item<'a>, out: &mut Vec<Item<'a>>| {
-                let Item::Node { v, ext, .. } = it else {
-                    return;
-                };
-                if *type_prefix {
-                    if let Value::Object(o) = v {
-                        if o.get("resourceType").and_then(|r| r.as_str_opt()) == Some(name.as_str())
-                        {
-                            out.push(it.clone());
-                            return;
-                        }
-                    }
-                }
-                match (v, ext) {
-                    (Value::Object(_), _) => navigate(v, name, under, out),
-                    (_, Some(x)) => navigate(x, name, under, out),
-                    _ => {}
-                }
+                member_step(it, name, *type_prefix, under, out)
             };
             if matches!(**base, Expr::This) {
                 for it in this {
                     step(it, out);
                 }
             } else {
-                let mut tmp = Vec::new();
+                let mut tmp = Buf::take();
                 eval(base, env, this, &mut tmp)?;
-                for it in &tmp {
+                for it in tmp.iter() {
                     step(it, out);
                 }
             }
         }
         Expr::Indexer(base, idx) => {
-            let mut tmp = Vec::new();
+            let mut tmp = Buf::take();
             eval(base, env, this, &mut tmp)?;
-            let mut ix = Vec::new();
+            let mut ix = Buf::take();
             eval(idx, env, this, &mut ix)?;
             let Some(i) = single(&ix)? else { return Ok(()) };
             let Prim::Int(i) = prim(i) else {
@@ -560,7 +782,7 @@ pub(crate) fn eval<'a>(
             }
         }
         Expr::Neg(a) => {
-            let mut tmp = Vec::new();
+            let mut tmp = Buf::take();
             eval(a, env, this, &mut tmp)?;
             if let Some(it) = single(&tmp)? {
                 match prim(it) {
@@ -573,7 +795,7 @@ pub(crate) fn eval<'a>(
             }
         }
         Expr::TypeOp(op, a, t) => {
-            let mut tmp = Vec::new();
+            let mut tmp = Buf::take();
             eval(a, env, this, &mut tmp)?;
             match op {
                 TypeOp::Is => {
@@ -581,21 +803,22 @@ pub(crate) fn eval<'a>(
                         out.push(Item::Bool(is_type(it, t)));
                     }
                 }
-                TypeOp::As => out.extend(tmp.into_iter().filter(|it| is_type(it, t))),
+                TypeOp::As => out.extend(tmp.drain(..).filter(|it| is_type(it, t))),
             }
         }
         Expr::Binary(op, l, r) => binary(*op, l, r, env, this, out)?,
+        Expr::Path { start, steps } => eval_path(start, steps, env, this, out)?,
         Expr::Call(base, f) => {
-            let mut input = Vec::new();
+            let mut input = Buf::take();
             eval(base, env, this, &mut input)?;
-            call(f, input, env, this, out)?;
+            call(f, &mut input, env, this, out)?;
         }
     }
     Ok(())
 }
 
-fn eval_vec<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Vec<Item<'a>>> {
-    let mut v = Vec::new();
+fn eval_vec<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Buf<'a>> {
+    let mut v = Buf::take();
     eval(e, env, this, &mut v)?;
     Ok(v)
 }
@@ -612,15 +835,15 @@ fn string_arg<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Opt
 
 fn call<'a>(
     f: &'a Func,
-    input: Vec<Item<'a>>,
+    input: &mut Vec<Item<'a>>,
     env: &Env<'a>,
     this: &[Item<'a>],
     out: &mut Vec<Item<'a>>,
 ) -> FpResult<()> {
     match f {
         Func::Where(c) => {
-            let mut tmp = Vec::new();
-            for it in input {
+            let mut tmp = Buf::take();
+            for it in input.drain(..) {
                 tmp.clear();
                 eval(c, env, std::slice::from_ref(&it), &mut tmp)?;
                 if to_bool(&tmp)? == Some(true) {
@@ -629,14 +852,14 @@ fn call<'a>(
             }
         }
         Func::Select(p) => {
-            for it in &input {
+            for it in input.iter() {
                 eval(p, env, std::slice::from_ref(it), out)?;
             }
         }
         Func::All(c) => {
             let mut all = true;
-            let mut tmp = Vec::new();
-            for it in &input {
+            let mut tmp = Buf::take();
+            for it in input.iter() {
                 tmp.clear();
                 eval(c, env, std::slice::from_ref(it), &mut tmp)?;
                 if to_bool(&tmp)? != Some(true) {
@@ -649,8 +872,8 @@ fn call<'a>(
         Func::Exists(None) => out.push(Item::Bool(!input.is_empty())),
         Func::Exists(Some(c)) => {
             let mut any = false;
-            let mut tmp = Vec::new();
-            for it in &input {
+            let mut tmp = Buf::take();
+            for it in input.iter() {
                 tmp.clear();
                 eval(c, env, std::slice::from_ref(it), &mut tmp)?;
                 if to_bool(&tmp)? == Some(true) {
@@ -661,29 +884,29 @@ fn call<'a>(
             out.push(Item::Bool(any));
         }
         Func::Empty => out.push(Item::Bool(input.is_empty())),
-        Func::First => out.extend(input.into_iter().next()),
-        Func::Last => out.extend(input.into_iter().last()),
+        Func::First => out.extend(input.drain(..).next()),
+        Func::Last => out.extend(input.pop()),
         Func::Single => {
             if input.len() > 1 {
                 return Err(FpError("single() on a collection of several items"));
             }
-            out.extend(input);
+            out.append(input);
         }
         Func::Count => out.push(Item::Int(i64::try_from(input.len()).unwrap_or(i64::MAX))),
         Func::Not => {
-            if let Some(b) = to_bool(&input)? {
+            if let Some(b) = to_bool(input)? {
                 out.push(Item::Bool(!b));
             }
         }
         Func::HasValue => {
             let has = matches!(
-                single(&input).ok().flatten().map(prim),
+                single(input).ok().flatten().map(prim),
                 Some(Prim::Bool(_) | Prim::Int(_) | Prim::Dec(_) | Prim::Str(_))
             );
             out.push(Item::Bool(has));
         }
         Func::ToString => {
-            if let Some(it) = single(&input)? {
+            if let Some(it) = single(input)? {
                 if let Some(s) = to_text(it) {
                     out.push(Item::Str(s, StrKind::String));
                 }
@@ -691,7 +914,7 @@ fn call<'a>(
         }
         Func::Distinct => {
             let mut seen: Vec<Item<'a>> = Vec::with_capacity(input.len());
-            for it in input {
+            for it in input.drain(..) {
                 if !seen.iter().any(|s| items_eq(s, &it)) {
                     seen.push(it);
                 }
@@ -706,9 +929,9 @@ fn call<'a>(
             let any = input.iter().any(|it| matches!(prim(it), Prim::Bool(true)));
             out.push(Item::Bool(any));
         }
-        Func::OfType(t) | Func::As(t) => out.extend(input.into_iter().filter(|it| is_type(it, t))),
+        Func::OfType(t) | Func::As(t) => out.extend(input.drain(..).filter(|it| is_type(it, t))),
         Func::Is(t) => {
-            if let Some(it) = single(&input)? {
+            if let Some(it) = single(input)? {
                 out.push(Item::Bool(is_type(it, t)));
             }
         }
@@ -716,7 +939,7 @@ fn call<'a>(
             let Some(url) = string_arg(url, env, this)? else {
                 return Ok(());
             };
-            for it in &input {
+            for it in input.iter() {
                 let holder = match it {
                     Item::Node {
                         v: v @ Value::Object(_),
@@ -759,12 +982,12 @@ fn call<'a>(
         }
         Func::LowBoundary | Func::HighBoundary => {
             let high = matches!(f, Func::HighBoundary);
-            for it in &input {
+            for it in input.iter() {
                 out.extend(boundary(it, high));
             }
         }
         Func::GetResourceKey => {
-            for it in &input {
+            for it in input.iter() {
                 if let Some(id) = object_of(it).and_then(|o| o.get("id")) {
                     if matches!(id, Value::String(_)) {
                         out.push(Item::node(id));
@@ -773,7 +996,7 @@ fn call<'a>(
             }
         }
         Func::GetReferenceKey(ty) => {
-            for it in &input {
+            for it in input.iter() {
                 let Some(Value::String(r)) = object_of(it).and_then(|o| o.get("reference")) else {
                     continue;
                 };
@@ -785,15 +1008,15 @@ fn call<'a>(
             }
         }
         Func::Iif(c, t, e) => {
-            let cond = eval_vec(c, env, &input)?;
+            let cond = eval_vec(c, env, input)?;
             if to_bool(&cond)? == Some(true) {
-                eval(t, env, &input, out)?;
+                eval(t, env, input, out)?;
             } else if let Some(e) = e {
-                eval(e, env, &input, out)?;
+                eval(e, env, input, out)?;
             }
         }
         Func::StartsWith(a) | Func::EndsWith(a) | Func::ContainsStr(a) => {
-            let Some(it) = single(&input)? else {
+            let Some(it) = single(input)? else {
                 return Ok(());
             };
             let Some(s) = to_text(it) else {
@@ -821,7 +1044,7 @@ fn binary<'a>(
     this: &[Item<'a>],
     out: &mut Vec<Item<'a>>,
 ) -> FpResult<()> {
-    let lv = eval_vec(l, env, this)?;
+    let mut lv = eval_vec(l, env, this)?;
     // Short-circuit the boolean operators when the left side decides.
     if matches!(op, BinOp::And | BinOp::Or | BinOp::Implies) {
         let a = to_bool(&lv)?;
@@ -861,7 +1084,7 @@ fn binary<'a>(
         out.extend(res.map(Item::Bool));
         return Ok(());
     }
-    let rv = eval_vec(r, env, this)?;
+    let mut rv = eval_vec(r, env, this)?;
     match op {
         BinOp::Xor => {
             if let (Some(a), Some(b)) = (to_bool(&lv)?, to_bool(&rv)?) {
@@ -872,11 +1095,12 @@ fn binary<'a>(
             if lv.is_empty() || rv.is_empty() {
                 return Ok(());
             }
-            let eq = lv.len() == rv.len() && lv.iter().zip(&rv).all(|(a, b)| items_eq(a, b));
+            let eq = lv.len() == rv.len() && lv.iter().zip(rv.iter()).all(|(a, b)| items_eq(a, b));
             out.push(Item::Bool(if op == BinOp::Eq { eq } else { !eq }));
         }
         BinOp::Equiv | BinOp::NotEquiv => {
-            let eq = lv.len() == rv.len() && lv.iter().zip(&rv).all(|(a, b)| items_equiv(a, b));
+            let eq =
+                lv.len() == rv.len() && lv.iter().zip(rv.iter()).all(|(a, b)| items_equiv(a, b));
             out.push(Item::Bool(if op == BinOp::Equiv { eq } else { !eq }));
         }
         BinOp::Lt | BinOp::Le | BinOp::Gt | BinOp::Ge => {
@@ -893,7 +1117,7 @@ fn binary<'a>(
             }
         }
         BinOp::Union => {
-            for it in lv.into_iter().chain(rv) {
+            for it in lv.drain(..).chain(rv.drain(..)) {
                 if !out.iter().any(|o| items_eq(o, &it)) {
                     out.push(it);
                 }

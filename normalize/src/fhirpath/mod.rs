@@ -167,13 +167,178 @@ pub(crate) enum Expr {
     Neg(Box<Expr>),
     Binary(BinOp, Box<Expr>, Box<Expr>),
     TypeOp(TypeOp, Box<Expr>, String),
+    /// A navigation chain flattened at compile time (see [`Step`]).
+    Path {
+        start: Box<Expr>,
+        steps: Vec<Step>,
+    },
+}
+
+/// One step of a flattened navigation chain. Chains such as
+/// `value.ofType(Quantity).value` or `name.where(use = 'official').first().family` are
+/// evaluated iteratively with two scratch buffers instead of one recursion level and one
+/// temporary collection per step.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Step {
+    /// `.name` (see [`Expr::Member`]).
+    Field {
+        name: String,
+        type_prefix: bool,
+        under: Option<String>,
+    },
+    /// `.name.ofType(T)` fused: looks up `nameT` directly (the choice-type key, e.g.
+    /// `valueQuantity`), falling back to `name` filtered by type. Saves the scan over the
+    /// object's keys that resolving a bare choice name needs.
+    Choice {
+        name: String,
+        key: String,
+        ty: String,
+    },
+    OfType(String),
+    First,
+    /// `[n]` with a literal `n`.
+    Index(usize),
+    Where(Box<Expr>),
 }
 
 /// Parses and compiles one expression.
 pub(crate) fn compile_expr(src: &str, env: &dyn parse::EnvResolver) -> Result<Expr, ParseError> {
     let mut e = parse::parse(src, env)?;
     mark_primitive_ext(&mut e);
-    Ok(e)
+    Ok(optimize(e))
+}
+
+fn is_chain(e: &Expr) -> bool {
+    match e {
+        Expr::Member { .. } => true,
+        Expr::Call(_, f) => matches!(f, Func::First | Func::OfType(_) | Func::Where(_)),
+        Expr::Indexer(_, i) => matches!(**i, Expr::Literal(Literal::Int(n)) if n >= 0),
+        _ => false,
+    }
+}
+
+/// Flattens a navigation chain into `steps`; returns the chain's start expression.
+fn flatten(e: Expr, steps: &mut Vec<Step>) -> Expr {
+    if !is_chain(&e) {
+        return optimize_children(e);
+    }
+    match e {
+        Expr::Member {
+            base,
+            name,
+            type_prefix,
+            under,
+        } => {
+            let start = flatten(*base, steps);
+            steps.push(Step::Field {
+                name,
+                type_prefix,
+                under,
+            });
+            start
+        }
+        Expr::Call(base, Func::First) => {
+            let start = flatten(*base, steps);
+            steps.push(Step::First);
+            start
+        }
+        Expr::Call(base, Func::OfType(t)) => {
+            let start = flatten(*base, steps);
+            let fused = match steps.last() {
+                Some(Step::Field {
+                    name,
+                    type_prefix: false,
+                    under: None,
+                }) => {
+                    let mut cap = t.chars();
+                    let key = cap
+                        .next()
+                        .map(|c| format!("{name}{}{}", c.to_ascii_uppercase(), cap.as_str()));
+                    key.map(|key| Step::Choice {
+                        name: name.clone(),
+                        key,
+                        ty: t.clone(),
+                    })
+                }
+                _ => None,
+            };
+            match fused {
+                Some(step) => {
+                    steps.pop();
+                    steps.push(step);
+                }
+                None => steps.push(Step::OfType(t)),
+            }
+            start
+        }
+        Expr::Call(base, Func::Where(c)) => {
+            let start = flatten(*base, steps);
+            steps.push(Step::Where(Box::new(optimize(*c))));
+            start
+        }
+        Expr::Indexer(base, i) => {
+            let n = match *i {
+                Expr::Literal(Literal::Int(n)) => usize::try_from(n).unwrap_or(usize::MAX),
+                _ => usize::MAX,
+            };
+            let start = flatten(*base, steps);
+            steps.push(Step::Index(n));
+            start
+        }
+        other => optimize_children(other),
+    }
+}
+
+/// Rewrites navigation chains into [`Expr::Path`] throughout the tree.
+fn optimize(e: Expr) -> Expr {
+    if is_chain(&e) {
+        let mut steps = Vec::new();
+        let start = flatten(e, &mut steps);
+        return Expr::Path {
+            start: Box::new(start),
+            steps,
+        };
+    }
+    optimize_children(e)
+}
+
+fn optimize_children(e: Expr) -> Expr {
+    let b = |x: Box<Expr>| Box::new(optimize(*x));
+    let ob = |x: Option<Box<Expr>>| x.map(|x| Box::new(optimize(*x)));
+    match e {
+        Expr::Call(base, f) => {
+            let f = match f {
+                Func::Where(a) => Func::Where(b(a)),
+                Func::Select(a) => Func::Select(b(a)),
+                Func::All(a) => Func::All(b(a)),
+                Func::Exists(a) => Func::Exists(ob(a)),
+                Func::Extension(a) => Func::Extension(b(a)),
+                Func::Join(a) => Func::Join(ob(a)),
+                Func::Iif(c, t, f) => Func::Iif(b(c), b(t), ob(f)),
+                Func::StartsWith(a) => Func::StartsWith(b(a)),
+                Func::EndsWith(a) => Func::EndsWith(b(a)),
+                Func::ContainsStr(a) => Func::ContainsStr(b(a)),
+                other => other,
+            };
+            Expr::Call(b(base), f)
+        }
+        Expr::Member {
+            base,
+            name,
+            type_prefix,
+            under,
+        } => Expr::Member {
+            base: b(base),
+            name,
+            type_prefix,
+            under,
+        },
+        Expr::Indexer(x, i) => Expr::Indexer(b(x), b(i)),
+        Expr::Neg(x) => Expr::Neg(b(x)),
+        Expr::Binary(op, l, r) => Expr::Binary(op, b(l), b(r)),
+        Expr::TypeOp(op, x, t) => Expr::TypeOp(op, b(x), t),
+        other => other,
+    }
 }
 
 /// Marks the members whose primitive-extension sibling (`_name`) is read by the next step.
@@ -219,6 +384,8 @@ fn mark_primitive_ext(e: &mut Expr) {
             mark_primitive_ext(b);
         }
         Expr::Neg(a) | Expr::TypeOp(_, a, _) => mark_primitive_ext(a),
+        // Runs before paths are flattened.
+        Expr::Path { .. } => {}
         Expr::Empty
         | Expr::Literal(_)
         | Expr::This

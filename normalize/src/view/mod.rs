@@ -19,6 +19,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{ArrowError, FieldRef, SchemaRef};
 use simd_json::BorrowedValue;
 
+use crate::fhirpath::eval::relabel;
 use crate::fhirpath::{ConstVal, Expr, ParseError};
 use arrow::ColBuilder;
 use compile::{ColumnMeta, SelectPlan};
@@ -186,6 +187,8 @@ impl CompiledView {
 struct BatchState {
     cols: Vec<ColBuilder>,
     rows: usize,
+    /// Row buffer kept between resources (always empty here; see `relabel`).
+    spare: Vec<rows::Cell<'static>>,
 }
 
 impl BatchState {
@@ -193,6 +196,7 @@ impl BatchState {
         BatchState {
             cols: view.columns.iter().map(ColBuilder::new).collect(),
             rows: 0,
+            spare: Vec::new(),
         }
     }
 
@@ -204,7 +208,8 @@ impl BatchState {
         if !view.applies_to(resource) {
             return Ok(0);
         }
-        let Some(frag) = rows::eval_view(view, resource)? else {
+        let cells = relabel(std::mem::take(&mut self.spare));
+        let Some(frag) = rows::eval_view(view, resource, cells)? else {
             return Ok(0);
         };
         if frag.width > 0 {
@@ -215,7 +220,9 @@ impl BatchState {
             }
         }
         self.rows += frag.rows;
-        Ok(frag.rows)
+        let n = frag.rows;
+        self.spare = relabel(frag.cells);
+        Ok(n)
     }
 
     fn finish(&mut self) -> Vec<ArrayRef> {

@@ -12,7 +12,7 @@ use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
-use crate::fhirpath::eval::{eval, prim, to_strict_bool, Env, FpError, Item, Prim};
+use crate::fhirpath::eval::{eval, prim, to_strict_bool, Buf, Env, FpError, Item, Prim};
 use crate::fhirpath::temporal;
 
 /// Deepest `repeat` recursion followed before the resource is rejected.
@@ -88,9 +88,12 @@ fn expr_err(at: &str, e: FpError) -> EvalError {
 }
 
 /// Evaluates the whole view on one resource of the right type; `None` when filtered out.
+///
+/// `cells` is an empty buffer to build the rows in (recycled by the caller).
 pub(crate) fn eval_view<'a>(
     view: &'a CompiledView,
     resource: &'a Value<'a>,
+    cells: Vec<Cell<'a>>,
 ) -> Result<Option<Frag<'a>>, EvalError> {
     let env = Env {
         root: resource,
@@ -98,7 +101,7 @@ pub(crate) fn eval_view<'a>(
         row_index: 0,
     };
     let this = [Item::node(resource)];
-    let mut tmp = Vec::new();
+    let mut tmp = Buf::take();
     for (w, at) in &view.wheres {
         tmp.clear();
         eval(w, &env, &this, &mut tmp).map_err(|e| expr_err(at, e))?;
@@ -108,7 +111,11 @@ pub(crate) fn eval_view<'a>(
             Err(_) => return Err(EvalError::WhereNotBoolean { at: at.clone() }),
         }
     }
-    let mut out = Frag::new(view.root.width);
+    let mut out = Frag {
+        width: view.root.width,
+        rows: 0,
+        cells,
+    };
     body(&view.root, &env, &this, &mut out)?;
     Ok(Some(out))
 }
@@ -122,7 +129,7 @@ fn select<'a>(
     match &plan.iter {
         Iteration::None => body(plan, env, item, out),
         Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => {
-            let mut nodes = Vec::new();
+            let mut nodes = Buf::take();
             eval(e, env, item, &mut nodes).map_err(|err| expr_err(&plan.at, err))?;
             if nodes.is_empty() && matches!(plan.iter, Iteration::ForEachOrNull(_)) {
                 // The null row: the body sees an empty focus (so `%rowIndex` is 0 and
@@ -141,7 +148,7 @@ fn select<'a>(
             iterate(plan, env, &nodes, out)
         }
         Iteration::Repeat(paths) => {
-            let mut nodes = Vec::new();
+            let mut nodes = Buf::take();
             repeat(paths, env, item, 0, &plan.at, &mut nodes)?;
             iterate(plan, env, &nodes, out)
         }
@@ -178,11 +185,11 @@ fn repeat<'a>(
             limit: MAX_REPEAT_DEPTH,
         });
     }
-    let mut children = Vec::new();
+    let mut children = Buf::take();
     for p in paths {
         children.clear();
         eval(p, env, item, &mut children).map_err(|e| expr_err(at, e))?;
-        for c in &children {
+        for c in children.iter() {
             out.push(c.clone());
             repeat(paths, env, std::slice::from_ref(c), depth + 1, at, out)?;
         }
@@ -196,6 +203,41 @@ fn body<'a>(
     item: &[Item<'a>],
     out: &mut Frag<'a>,
 ) -> Result<(), EvalError> {
+    // Fast paths: a select of plain columns writes its one row straight into `out`, and
+    // a lone nested select needs no cross product.
+    if plan.selects.is_empty() && plan.union_all.is_empty() {
+        let mut tmp = Buf::take();
+        for c in &plan.columns {
+            tmp.clear();
+            eval(&c.expr, env, item, &mut tmp).map_err(|e| expr_err(&c.at, e))?;
+            out.cells.push(column_cell(c, &tmp)?);
+        }
+        out.rows += 1;
+        return Ok(());
+    }
+    if plan.columns.is_empty() && plan.union_all.is_empty() && plan.selects.len() == 1 {
+        return select(&plan.selects[0], env, item, out);
+    }
+    // Iterating parts first: when one yields no row, the columns need no evaluation.
+    let mut parts: Vec<Frag<'a>> = Vec::with_capacity(plan.selects.len() + 1);
+    for s in &plan.selects {
+        let mut f = Frag::new(s.width);
+        select(s, env, item, &mut f)?;
+        if f.rows == 0 {
+            return Ok(());
+        }
+        parts.push(f);
+    }
+    if let Some(first) = plan.union_all.first() {
+        let mut f = Frag::new(first.width);
+        for u in &plan.union_all {
+            select(u, env, item, &mut f)?;
+        }
+        if f.rows == 0 {
+            return Ok(());
+        }
+        parts.push(f);
+    }
     let mut acc = Frag {
         width: 0,
         rows: 1,
@@ -203,7 +245,7 @@ fn body<'a>(
     };
     if !plan.columns.is_empty() {
         let mut cells = Vec::with_capacity(plan.columns.len());
-        let mut tmp = Vec::new();
+        let mut tmp = Buf::take();
         for c in &plan.columns {
             tmp.clear();
             eval(&c.expr, env, item, &mut tmp).map_err(|e| expr_err(&c.at, e))?;
@@ -215,27 +257,16 @@ fn body<'a>(
             cells,
         };
     }
-    for s in &plan.selects {
-        let mut f = Frag::new(s.width);
-        select(s, env, item, &mut f)?;
-        if f.rows == 0 {
-            return Ok(());
-        }
+    for f in parts {
         acc = cross(acc, f);
     }
-    if let Some(first) = plan.union_all.first() {
-        let mut f = Frag::new(first.width);
-        for u in &plan.union_all {
-            let mut part = Frag::new(u.width);
-            select(u, env, item, &mut part)?;
-            f.append(part);
-        }
-        if f.rows == 0 {
-            return Ok(());
-        }
-        acc = cross(acc, f);
+    // The last cross product can go straight into `out`.
+    if out.rows == 0 && out.cells.is_empty() && out.cells.capacity() < acc.cells.len() {
+        out.rows = acc.rows;
+        out.cells = acc.cells;
+    } else {
+        out.append(acc);
     }
-    out.append(acc);
     Ok(())
 }
 

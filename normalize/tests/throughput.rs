@@ -1,0 +1,91 @@
+//! Rough throughput probe: simd-json parse time vs view evaluation time over the corpus.
+//! Ignored by default; run with
+//! `cargo test --release -p fhirhose-normalize --test throughput -- --ignored --nocapture`
+//! (set `PER_VIEW=1` for a per-view breakdown).
+
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use fhirhose_normalize::CompiledView;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+#[test]
+#[ignore = "timing probe, run in release mode"]
+fn parse_vs_view_cost() {
+    let mut lines = Vec::new();
+    let mut files: Vec<PathBuf> = fs::read_dir(repo().join("tests/data/corpus"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".ndjson.gz"))
+        .collect();
+    files.sort();
+    for f in files {
+        let r = BufReader::new(flate2::read::GzDecoder::new(fs::File::open(f).unwrap()));
+        lines.extend(r.split(b'\n').map(Result::unwrap).filter(|l| !l.is_empty()));
+    }
+    let mut views: Vec<PathBuf> = fs::read_dir(repo().join("schemas/views"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    views.sort();
+    let views: Vec<CompiledView> = views
+        .iter()
+        .map(|p| CompiledView::from_json_slice(&fs::read(p).unwrap()).unwrap())
+        .collect();
+    let mut builders: Vec<_> = views.iter().map(CompiledView::builder).collect();
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    let (mut parse, mut eval) = (Duration::ZERO, Duration::ZERO);
+    let mut rows = 0;
+    let mut per_view = vec![Duration::ZERO; views.len()];
+    // PER_VIEW=1 times each view separately (adds clock overhead to the total).
+    let per_view_timing = std::env::var_os("PER_VIEW").is_some();
+    // SKIP_VIEWS=1 parses only: compare instruction counts (`perf stat`) with and without
+    // to get the view cost on a loaded machine.
+    let skip_views = std::env::var_os("SKIP_VIEWS").is_some();
+    let mut buf = Vec::new();
+    for _ in 0..3 {
+        for l in &lines {
+            buf.clear();
+            buf.extend_from_slice(l);
+            let t0 = Instant::now();
+            let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+            let t1 = Instant::now();
+            if skip_views {
+                std::hint::black_box(&v);
+            } else if per_view_timing {
+                for (i, b) in builders.iter_mut().enumerate() {
+                    let t = Instant::now();
+                    rows += b.append(&v).unwrap();
+                    per_view[i] += t.elapsed();
+                }
+            } else {
+                for b in &mut builders {
+                    rows += b.append(&v).unwrap();
+                }
+            }
+            eval += t1.elapsed();
+            parse += t1 - t0;
+        }
+        for b in &mut builders {
+            b.finish();
+        }
+    }
+    let mb = 3.0 * bytes as f64 / 1e6;
+    eprintln!(
+        "{} resources x3, {mb:.1} MB, {rows} rows: parse {:?} ({:.0} MB/s), {} views {:?} (ratio {:.2})",
+        lines.len(),
+        parse,
+        mb / parse.as_secs_f64(),
+        views.len(),
+        eval,
+        eval.as_secs_f64() / parse.as_secs_f64()
+    );
+    for (v, t) in views.iter().zip(&per_view).filter(|_| per_view_timing) {
+        eprintln!("  {:<28} {:>8.1} ms", v.name(), t.as_secs_f64() * 1e3);
+    }
+}
