@@ -49,6 +49,8 @@ use crate::GROUP_ALL_PATIENTS;
 
 /// Lifetime of the storage origin's signed URLs (S3's default pre-sign is 15 minutes).
 const SIGNED_URL_LIFETIME_S: i64 = 900;
+/// What the `bad-line` fault inserts: a resource cut off mid-object.
+const MALFORMED_LINE: &[u8] = br#"{"resourceType":"Observation","id":"malformed","status":"#;
 const OUTPUT_FORMATS: &[&str] = &["application/fhir+ndjson", "application/ndjson", "ndjson"];
 
 #[derive(Debug, Clone, Copy)]
@@ -60,7 +62,14 @@ pub(crate) enum Level<'a> {
 
 #[derive(Debug)]
 enum Content {
-    Lines { ty: String, indices: Vec<u32> },
+    Lines {
+        ty: String,
+        indices: Vec<u32>,
+        /// `\r\n` line endings (`crlf` fault).
+        crlf: bool,
+        /// A malformed JSON line in the middle (`bad-line` fault).
+        bad_line: bool,
+    },
     Inline(Bytes),
 }
 
@@ -283,6 +292,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
             .map(|(i, _)| i as u32)
             .collect();
         for chunk in indices.chunks(per_file) {
+            let bad_line = spec.bad_line && files.is_empty();
             files.push(ExportFile {
                 kind: FileKind::Output,
                 ty: ty.clone(),
@@ -290,6 +300,8 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
                 content: Content::Lines {
                     ty: ty.clone(),
                     indices: chunk.to_vec(),
+                    crlf: spec.crlf,
+                    bad_line,
                 },
             });
         }
@@ -602,12 +614,22 @@ async fn serve_file(sh: &Shared, r: &Req, rest: &str) -> Response {
     // are a pure function of the snapshot, so ETag and ranges stay valid without caching.
     let content = match &file.content {
         Content::Inline(b) => b.clone(),
-        Content::Lines { ty, indices } => {
+        Content::Lines {
+            ty,
+            indices,
+            crlf,
+            bad_line,
+        } => {
             let entries = sh.store.entries(ty);
+            let eol: &[u8] = if *crlf { b"\r\n" } else { b"\n" };
             let mut out = Vec::with_capacity(indices.len() * 1024);
-            for &i in indices {
+            for (n, &i) in indices.iter().enumerate() {
+                if *bad_line && n == indices.len() / 2 {
+                    out.extend_from_slice(MALFORMED_LINE);
+                    out.extend_from_slice(eol);
+                }
                 out.extend_from_slice(&entries[i as usize].line);
-                out.push(b'\n');
+                out.extend_from_slice(eol);
             }
             Bytes::from(out)
         }

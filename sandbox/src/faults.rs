@@ -28,6 +28,9 @@
 //!          | "error-file"             the manifest carries an `error` file of OperationOutcomes
 //!          | "deleted"                the manifest carries a `deleted` file (Bundles of DELETEs)
 //!          | "export-error"           the export job fails: status answers 500 + OperationOutcome
+//!          | "bad-line"               the first output file has one malformed JSON line in
+//!                                     its middle (not counted in the manifest `count`)
+//!          | "crlf"                   output files use `\r\n` line endings
 //!          | "reject-repeated-type"   vendor quirk: a repeated `_type` parameter is a 400
 //!          | "bulk-v4"                Bulk Data 4.0 server: kick-off is POST-only (GET is
 //!                                     405), comma-joined `_type` is a 400, and the manifest
@@ -166,6 +169,10 @@ pub struct FaultSpec {
     pub export_error: bool,
     /// A repeated `_type` parameter is rejected with 400.
     pub reject_repeated_type: bool,
+    /// The first output file carries one malformed line.
+    pub bad_line: bool,
+    /// Output files use CRLF line endings.
+    pub crlf: bool,
     /// Behave like a Bulk Data 4.0 server (POST-only kick-off, `outcome` in the manifest).
     pub bulk_v4: bool,
     /// Only one in-progress export per client; further kick-offs get 429.
@@ -199,6 +206,8 @@ impl Default for FaultSpec {
             deleted: false,
             export_error: false,
             reject_repeated_type: false,
+            bad_line: false,
+            crlf: false,
             bulk_v4: false,
             single_job: false,
             max_concurrent_files: None,
@@ -223,7 +232,7 @@ pub struct FaultSpecError {
     pub reason: String,
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     if s == "0" {
         return Some(Duration::ZERO);
@@ -403,6 +412,8 @@ fn parse_spec<'a>(s: &'a str) -> Result<FaultSpec, FaultSpecError> {
                 "export-error" => spec.export_error = true,
                 "reject-repeated-type" => spec.reject_repeated_type = true,
                 "bulk-v4" => spec.bulk_v4 = true,
+                "bad-line" => spec.bad_line = true,
+                "crlf" => spec.crlf = true,
                 "single-job" => spec.single_job = true,
                 "max-concurrent-files" => {
                     spec.max_concurrent_files = Some(int(value)?.max(1) as usize)
@@ -411,6 +422,111 @@ fn parse_spec<'a>(s: &'a str) -> Result<FaultSpec, FaultSpecError> {
             }
         }
         Ok(spec)
+    }
+}
+
+impl fmt::Display for Targets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == Targets::ALL {
+            return f.write_str("all");
+        }
+        let names = [
+            (Targets::TOKEN, "token"),
+            (Targets::KICKOFF, "kickoff"),
+            (Targets::STATUS, "status"),
+            (Targets::FILE, "file"),
+            (Targets::FHIR, "fhir"),
+        ];
+        let parts: Vec<&str> = names
+            .iter()
+            .filter(|(t, _)| self.contains(*t))
+            .map(|(_, n)| *n)
+            .collect();
+        f.write_str(&parts.join("+"))
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rate::Probability(p) if *p >= 1.0 => f.write_str("always"),
+            // `{:?}` keeps a decimal point ("0.0"), so `slow=0.0` reads back as a rate,
+            // not as the duration `0`.
+            Rate::Probability(p) => write!(f, "{p:?}"),
+            Rate::Every(n) => write!(f, "every:{n}"),
+            Rate::First(n) => write!(f, "first:{n}"),
+        }
+    }
+}
+
+/// The canonical `--faults` string: parsing it gives back an equal spec.
+impl fmt::Display for FaultSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = FaultSpec::default();
+        let mut items: Vec<String> = Vec::new();
+        for r in &self.rules {
+            let targets = if r.targets == Targets::DEFAULT {
+                String::new()
+            } else {
+                format!("@{}", r.targets)
+            };
+            items.push(format!("{}={}{targets}", r.kind, r.rate));
+        }
+        if self.slow_delay != d.slow_delay {
+            items.push(format!("slow-delay={}ms", self.slow_delay.as_millis()));
+        }
+        match self.retry_after {
+            RetryAfter::Seconds(1) => {}
+            RetryAfter::Seconds(s) => items.push(format!("retry-after={s}")),
+            RetryAfter::HttpDate(s) => items.push(format!("retry-after=date:{s}")),
+        }
+        if let Some(s) = self.poll_retry_after {
+            items.push(format!("poll-retry-after={s}"));
+        }
+        if let Some(t) = self.token_lifetime {
+            items.push(format!("token-lifetime={}ms", t.as_millis()));
+        }
+        if let Some(n) = self.revoke_after {
+            items.push(format!("revoke-after={n}"));
+        }
+        if let Some(n) = self.tiny_files {
+            items.push(format!("tiny-files={n}"));
+        }
+        if let Some(n) = self.max_concurrent_files {
+            items.push(format!("max-concurrent-files={n}"));
+        }
+        let flags = [
+            (self.invalid_grant_on_refresh, "invalid-grant-on-refresh"),
+            (self.redirect_files, "redirect-files"),
+            (self.ignore_range, "ignore-range"),
+            (self.delete_404, "delete-404"),
+            (self.error_file, "error-file"),
+            (self.deleted, "deleted"),
+            (self.export_error, "export-error"),
+            (self.reject_repeated_type, "reject-repeated-type"),
+            (self.bad_line, "bad-line"),
+            (self.crlf, "crlf"),
+            (self.bulk_v4, "bulk-v4"),
+            (self.single_job, "single-job"),
+        ];
+        items.extend(
+            flags
+                .iter()
+                .filter(|(on, _)| *on)
+                .map(|(_, n)| (*n).to_owned()),
+        );
+        if self.seed != d.seed {
+            items.push(format!("seed={}", self.seed));
+        }
+        f.write_str(&items.join(","))
+    }
+}
+
+/// Deserializes from the `--faults` string syntax.
+impl<'de> serde::Deserialize<'de> for FaultSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -528,6 +644,22 @@ mod tests {
         assert_eq!(s.rules[5].rate, Rate::Every(3));
         assert!(s.rules[5].targets.contains(Targets::FILE));
         assert!(!s.rules[5].targets.contains(Targets::FHIR));
+    }
+
+    #[test]
+    fn display_round_trips() {
+        for s in [
+            "",
+            "429=0.2,retry-after=date,500=0.1,reset=0.05,truncate=0.05,slow=200ms,token-lifetime=3s,\
+             redirect-files,ignore-range,delete-404,tiny-files,error-file,deleted,reject-repeated-type,\
+             retry-after-cap=3600,invalid-grant-on-refresh,revoke-after=7,503=every:3@status+file,seed=5",
+            "slow=0.0@all,504=first:2@token,bad-line,crlf,bulk-v4,single-job,max-concurrent-files=2",
+        ] {
+            let spec: FaultSpec = s.parse().unwrap();
+            let shown = spec.to_string();
+            assert_eq!(shown.parse::<FaultSpec>().unwrap(), spec, "{shown}");
+        }
+        assert_eq!(FaultSpec::default().to_string(), "");
     }
 
     #[test]

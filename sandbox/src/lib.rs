@@ -137,7 +137,12 @@ const fn default_page_size() -> usize {
 
 /// Configuration of a [`Sandbox`]. `SandboxConfig::default()` is a 10-patient server on
 /// ephemeral ports with no faults.
-#[derive(Debug, Clone)]
+///
+/// Deserializable (e.g. from a `[sandbox]` TOML table): every field is optional,
+/// durations are `"300s"`, `"200ms"`, `"2m"` or a number of seconds, and `faults` uses the
+/// `--faults` string syntax.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SandboxConfig {
     /// FHIR origin port; 0 picks an ephemeral port.
     pub port: u16,
@@ -152,6 +157,7 @@ pub struct SandboxConfig {
     /// Faults to inject from the start (see [`RunningSandbox::set_faults`]).
     pub faults: FaultSpec,
     /// Access-token lifetime (`token-lifetime` in the fault spec overrides it).
+    #[serde(deserialize_with = "de_duration")]
     pub token_lifetime: Duration,
     /// Export manifests say `requiresAccessToken: true` and file downloads on the FHIR
     /// origin demand a valid token.
@@ -164,6 +170,7 @@ pub struct SandboxConfig {
     /// Number of status polls answered 202 before the manifest.
     pub export_polls: u32,
     /// Minimum wall time between kick-off and completion.
+    #[serde(deserialize_with = "de_duration")]
     pub export_min_duration: Duration,
     /// `Retry-After` (seconds) on 202 status responses.
     pub poll_retry_after: u64,
@@ -171,6 +178,21 @@ pub struct SandboxConfig {
     pub launch_patient: Option<String>,
     /// Search page size when `_count` is absent.
     pub page_size: usize,
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match <Raw as serde::Deserialize>::deserialize(d)? {
+        Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => faults::parse_duration(&t).ok_or_else(|| {
+            serde::de::Error::custom(format!("invalid duration `{t}` (use e.g. 300s or 200ms)"))
+        }),
+    }
 }
 
 impl Default for SandboxConfig {

@@ -728,3 +728,30 @@ async fn bulk_v4_single_job_and_concurrency_quirks() {
     assert_eq!(g["quantity"], 5);
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn malformed_lines_and_crlf() {
+    let sb = sandbox("bad-line,crlf").await;
+    let tok = token(&sb, "system/*.read").await;
+    let r = kickoff(&sb, &tok, "?_type=Observation").await;
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let file = &manifest["output"][0];
+    let body = http()
+        .get(file["url"].as_str().unwrap())
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(body.ends_with("\r\n"));
+    let lines: Vec<&str> = body.split("\r\n").filter(|l| !l.is_empty()).collect();
+    let bad = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+        .count();
+    assert_eq!(bad, 1);
+    assert_eq!(lines.len() as u64, file["count"].as_u64().unwrap() + 1);
+    sb.shutdown().await;
+}

@@ -118,3 +118,24 @@ async fn serves_ndjson_and_gzip_directories() {
     assert!(!sb.patient_ids().is_empty());
     sb.shutdown().await;
 }
+
+#[test]
+fn config_deserializes_with_defaults() {
+    let cfg: SandboxConfig = serde_json::from_value(serde_json::json!({
+        "patients": 3,
+        "token_lifetime": "3s",
+        "export_min_duration": 2,
+        "faults": "429=every:5,redirect-files"
+    }))
+    .unwrap();
+    assert_eq!(cfg.patients, 3);
+    assert_eq!(cfg.token_lifetime, std::time::Duration::from_secs(3));
+    assert_eq!(cfg.export_min_duration, std::time::Duration::from_secs(2));
+    assert!(cfg.faults.redirect_files);
+    assert_eq!(cfg.faults.to_string(), "429=every:5,redirect-files");
+    assert_eq!(
+        cfg.resources_per_file,
+        SandboxConfig::default().resources_per_file
+    );
+    assert!(serde_json::from_value::<SandboxConfig>(serde_json::json!({"patiens": 3})).is_err());
+}
