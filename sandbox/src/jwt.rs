@@ -56,9 +56,16 @@ pub(crate) fn verify(
     let sig = b64(sig)?;
     let alg = header["alg"].as_str().unwrap_or_default();
     let kid = header["kid"].as_str().ok_or("header has no kid")?;
-    let key = jwks["keys"]
-        .as_array()
-        .and_then(|keys| keys.iter().find(|k| k["kid"].as_str() == Some(kid)))
+    // A JWK Set, or (leniently) a single JWK registered on its own.
+    let single = std::slice::from_ref(jwks);
+    let keys = match jwks["keys"].as_array() {
+        Some(keys) => keys.as_slice(),
+        None if jwks.get("kty").is_some() => single,
+        None => &[],
+    };
+    let key = keys
+        .iter()
+        .find(|k| k["kid"].as_str() == Some(kid))
         .ok_or_else(|| format!("no key with kid `{kid}` in the registered JWKS"))?;
     let signed = &jwt.as_bytes()[..h.len() + 1 + p.len()];
     match alg {
