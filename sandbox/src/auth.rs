@@ -20,6 +20,8 @@
 //!   (`code_challenge_method=S256`); auto-approves and redirects (302) with `code` and
 //!   `state`. The launch context is the patient named by `launch` (EHR launch, when it is a
 //!   patient id), else `SandboxConfig::launch_patient`, else the first patient.
+//! - `GET /auth/jwks`: the public key of the RS256 `id_token`s issued when `openid` is
+//!   granted (`iss` is the origin, `aud` the client, `sub`/`fhirUser` the user).
 //! - `POST /auth/revoke`: RFC 7009; always 200.
 //! - `POST /auth/introspect`: RFC 7662.
 
@@ -139,6 +141,10 @@ fn invalid_client(description: &str) -> Response {
 pub(crate) fn handle(sh: &Shared, r: &Req, rest: &str) -> Response {
     match (r.method.as_str(), rest) {
         ("POST", "token") => token(sh, r),
+        ("GET", "jwks") => match &sh.id_token_key {
+            Some(k) => json_value(StatusCode::OK, &jwt::id_token_jwks(k)),
+            None => json_value(StatusCode::OK, &json!({"keys": []})),
+        },
         ("GET", "authorize") => authorize(sh, &r.query),
         ("POST", "authorize") => authorize(sh, &r.form()),
         ("POST", "revoke") => {
@@ -294,6 +300,26 @@ fn issue(sh: &Shared, ctx: &Context, refresh: Option<String>, app_launch: bool) 
             body.insert("fhirUser".into(), u.clone().into());
         }
         let granted: Vec<&str> = ctx.scope.split_whitespace().collect();
+        if granted.contains(&"openid") {
+            let now = unix_now();
+            let mut claims = json!({
+                "iss": sh.origin,
+                "sub": ctx.fhir_user.as_deref().unwrap_or("sandbox-user"),
+                "aud": ctx.client_id,
+                "iat": now,
+                "exp": now + lifetime.as_secs() as i64,
+            });
+            if let Some(u) = &ctx.fhir_user {
+                claims["fhirUser"] = format!("{}/{u}", sh.base_url).into();
+            }
+            if let Some(id_token) = sh
+                .id_token_key
+                .as_ref()
+                .and_then(|k| jwt::sign_rs256(k, &claims))
+            {
+                body.insert("id_token".into(), id_token.into());
+            }
+        }
         let refresh = refresh.or_else(|| {
             (granted.contains(&"offline_access") || granted.contains(&"online_access"))
                 .then(|| format!("sbx-rt-{}", random_hex(24)))

@@ -38,6 +38,10 @@
 //!          | "single-job"             vendor quirk: kick-off answers 429 while another
 //!                                     export of the same client is still in progress
 //!          | "max-concurrent-files" "=" N     more than N concurrent file downloads: 429
+//!          | "rate-limit" "=" N "/" ("s" | "m") ["@" targets]
+//!                                     token bucket of N requests per second/minute (burst
+//!                                     N); beyond it 429 with Retry-After = time to the next
+//!                                     token (rounded up to whole seconds)
 //!          | "seed" "=" N             seed of the fault RNG (default 0)
 //! when    := rate ["@" targets]
 //! rate    := FLOAT in [0,1] (probability, drawn from the seeded RNG)
@@ -112,6 +116,17 @@ pub enum FaultKind {
     Slow,
 }
 
+/// A token-bucket rate limit (`rate-limit=N/s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Requests allowed per period (also the burst size).
+    pub requests: u32,
+    /// The period.
+    pub per: Duration,
+    /// Which requests count.
+    pub targets: Targets,
+}
+
 /// One rate-driven rule.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FaultRule {
@@ -179,6 +194,8 @@ pub struct FaultSpec {
     pub single_job: bool,
     /// File downloads beyond this many in flight get 429.
     pub max_concurrent_files: Option<usize>,
+    /// A token-bucket rate limit answered with 429.
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Default delay of `slow` when only a rate is given: long enough to be visible in a
@@ -211,6 +228,7 @@ impl Default for FaultSpec {
             bulk_v4: false,
             single_job: false,
             max_concurrent_files: None,
+            rate_limit: None,
         }
     }
 }
@@ -411,6 +429,30 @@ fn parse_spec<'a>(s: &'a str) -> Result<FaultSpec, FaultSpecError> {
                 "deleted" => spec.deleted = true,
                 "export-error" => spec.export_error = true,
                 "reject-repeated-type" => spec.reject_repeated_type = true,
+                "rate-limit" => {
+                    let v = need(value)?;
+                    let (head, targets) = match v.split_once('@') {
+                        Some((h, t)) => (h, parse_targets(t).map_err(err)?),
+                        None => (v, Targets::DEFAULT),
+                    };
+                    let (n, unit) = head
+                        .split_once('/')
+                        .ok_or_else(|| err("expected N/s or N/m".to_owned()))?;
+                    let requests: u32 =
+                        n.parse().ok().filter(|n| *n > 0).ok_or_else(|| {
+                            err(format!("expected a positive integer, got `{n}`"))
+                        })?;
+                    let per = match unit {
+                        "s" => Duration::from_secs(1),
+                        "m" => Duration::from_secs(60),
+                        other => return Err(err(format!("unit must be s or m, got `{other}`"))),
+                    };
+                    spec.rate_limit = Some(RateLimit {
+                        requests,
+                        per,
+                        targets,
+                    });
+                }
                 "bulk-v4" => spec.bulk_v4 = true,
                 "bad-line" => spec.bad_line = true,
                 "crlf" => spec.crlf = true,
@@ -495,6 +537,19 @@ impl fmt::Display for FaultSpec {
         if let Some(n) = self.max_concurrent_files {
             items.push(format!("max-concurrent-files={n}"));
         }
+        if let Some(l) = self.rate_limit {
+            let unit = if l.per >= Duration::from_secs(60) {
+                "m"
+            } else {
+                "s"
+            };
+            let targets = if l.targets == Targets::DEFAULT {
+                String::new()
+            } else {
+                format!("@{}", l.targets)
+            };
+            items.push(format!("rate-limit={}/{unit}{targets}", l.requests));
+        }
         let flags = [
             (self.invalid_grant_on_refresh, "invalid-grant-on-refresh"),
             (self.redirect_files, "redirect-files"),
@@ -545,6 +600,8 @@ impl fmt::Display for FaultKind {
 #[derive(Debug, Default, Clone, PartialEq)]
 pub(crate) struct Decision {
     pub(crate) status: Option<u16>,
+    /// Set when the status comes from the rate limit: seconds until the next token.
+    pub(crate) rate_limited: Option<u64>,
     pub(crate) slow: Option<Duration>,
     pub(crate) body: Option<FaultKind>,
 }
@@ -553,7 +610,9 @@ impl Decision {
     /// Short names of the faults applied, for the request log.
     pub(crate) fn label(&self) -> Option<String> {
         let mut parts = Vec::new();
-        if let Some(s) = self.status {
+        if self.rate_limited.is_some() {
+            parts.push("rate-limit".to_owned());
+        } else if let Some(s) = self.status {
             parts.push(s.to_string());
         }
         if self.slow.is_some() {
@@ -574,6 +633,8 @@ pub(crate) struct FaultEngine {
     counters: Vec<u64>,
     pub(crate) authenticated_requests: u64,
     pub(crate) revoked: bool,
+    /// Token bucket: (tokens left, last refill).
+    bucket: Option<(f64, tokio::time::Instant)>,
 }
 
 impl FaultEngine {
@@ -584,6 +645,7 @@ impl FaultEngine {
             spec,
             authenticated_requests: 0,
             revoked: false,
+            bucket: None,
         }
     }
 
@@ -612,10 +674,34 @@ impl FaultEngine {
                 _ => {}
             }
         }
+        if d.status.is_none() {
+            if let Some(limit) = self.spec.rate_limit.filter(|l| l.targets.contains(target)) {
+                d.rate_limited = self.take_token(limit);
+                if d.rate_limited.is_some() {
+                    d.status = Some(429);
+                }
+            }
+        }
         if d.status.is_some() {
             d.body = None;
         }
         d
+    }
+
+    /// `None` when a token was available, else the seconds until the next one.
+    fn take_token(&mut self, limit: RateLimit) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let cap = f64::from(limit.requests);
+        let rate = cap / limit.per.as_secs_f64();
+        let (tokens, last) = self.bucket.get_or_insert((cap, now));
+        *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * rate).min(cap);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            None
+        } else {
+            Some(((1.0 - *tokens) / rate).ceil().max(1.0) as u64)
+        }
     }
 }
 
@@ -654,6 +740,8 @@ mod tests {
              redirect-files,ignore-range,delete-404,tiny-files,error-file,deleted,reject-repeated-type,\
              retry-after-cap=3600,invalid-grant-on-refresh,revoke-after=7,503=every:3@status+file,seed=5",
             "slow=0.0@all,504=first:2@token,bad-line,crlf,bulk-v4,single-job,max-concurrent-files=2",
+            "rate-limit=5/s@file+status",
+            "rate-limit=600/m",
         ] {
             let spec: FaultSpec = s.parse().unwrap();
             let shown = spec.to_string();
@@ -663,8 +751,27 @@ mod tests {
     }
 
     #[test]
+    fn rate_limit_is_a_token_bucket() {
+        let mut e = FaultEngine::new("rate-limit=2/m@fhir".parse().unwrap());
+        assert_eq!(e.decide(Targets::FHIR).status, None);
+        assert_eq!(e.decide(Targets::FHIR).status, None);
+        let d = e.decide(Targets::FHIR);
+        assert_eq!(d.status, Some(429));
+        assert!(matches!(d.rate_limited, Some(29..=30)), "{d:?}");
+        assert_eq!(d.label().as_deref(), Some("rate-limit"));
+        assert_eq!(
+            e.decide(Targets::FILE).status,
+            None,
+            "other targets are not limited"
+        );
+    }
+
+    #[test]
     fn rejects_nonsense() {
         for bad in [
+            "rate-limit=0/s",
+            "rate-limit=5/h",
+            "rate-limit=5",
             "429",
             "429=2",
             "frobnicate",

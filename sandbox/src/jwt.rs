@@ -121,6 +121,53 @@ pub(crate) fn pkcs1v15_sha384() -> rsa::Pkcs1v15Sign {
     }
 }
 
+/// RSASSA-PKCS1-v1_5 with SHA-256 (RS256, what SMART requires for `id_token`).
+fn pkcs1v15_sha256() -> rsa::Pkcs1v15Sign {
+    const PREFIX: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    rsa::Pkcs1v15Sign {
+        hash_len: Some(32),
+        prefix: Box::new(PREFIX),
+    }
+}
+
+/// The sandbox's `id_token` signing key. It is committed to the repository on purpose:
+/// it signs synthetic identities only and makes tokens reproducible across runs.
+pub(crate) const ID_TOKEN_KID: &str = "fhirhose-sandbox-id-1";
+
+pub(crate) fn id_token_key() -> Option<rsa::RsaPrivateKey> {
+    use rsa::pkcs8::DecodePrivateKey as _;
+    rsa::RsaPrivateKey::from_pkcs8_pem(include_str!("sandbox_id_token_key.pem")).ok()
+}
+
+/// The public half of the `id_token` key as a JWK Set.
+pub(crate) fn id_token_jwks(key: &rsa::RsaPrivateKey) -> Value {
+    use rsa::traits::PublicKeyParts as _;
+    serde_json::json!({"keys": [{
+        "kty": "RSA",
+        "kid": ID_TOKEN_KID,
+        "alg": "RS256",
+        "use": "sig",
+        "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+        "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+    }]})
+}
+
+/// A compact RS256 JWS over `claims`.
+pub(crate) fn sign_rs256(key: &rsa::RsaPrivateKey, claims: &Value) -> Option<String> {
+    let header = serde_json::json!({"alg": "RS256", "kid": ID_TOKEN_KID, "typ": "JWT"});
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let digest = sha2::Sha256::digest(input.as_bytes());
+    let sig = key.sign(pkcs1v15_sha256(), &digest).ok()?;
+    Some(format!("{input}.{}", URL_SAFE_NO_PAD.encode(sig)))
+}
+
 fn verify_rs384(key: &Value, signed: &[u8], sig: &[u8]) -> Result<(), String> {
     if key["kty"] != "RSA" {
         return Err("alg RS384 needs an RSA key".into());

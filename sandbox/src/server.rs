@@ -104,6 +104,8 @@ pub(crate) struct Shared {
     pub(crate) files_in_flight: AtomicUsize,
     /// Key of the storage origin's URL signatures.
     pub(crate) url_key: String,
+    /// `id_token` signing key (RS256).
+    pub(crate) id_token_key: Option<rsa::RsaPrivateKey>,
 }
 
 impl fmt::Debug for Shared {
@@ -340,7 +342,7 @@ fn classify(path: &str) -> Option<Targets> {
     }
 }
 
-fn fault_status(sh: &Shared, status: u16) -> Response {
+fn fault_status(sh: &Shared, status: u16, retry_after: Option<u64>) -> Response {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let issue = if status == 429 {
         "throttled"
@@ -349,9 +351,12 @@ fn fault_status(sh: &Shared, status: u16) -> Response {
     };
     let mut resp = outcome(code, issue, &format!("injected fault: HTTP {status}"));
     if status == 429 || status == 503 {
-        let value = match lock(&sh.faults).spec.retry_after {
-            RetryAfter::Seconds(s) => s.to_string(),
-            RetryAfter::HttpDate(s) => http_date(SystemTime::now() + Duration::from_secs(s)),
+        let value = match retry_after {
+            Some(s) => s.to_string(),
+            None => match lock(&sh.faults).spec.retry_after {
+                RetryAfter::Seconds(s) => s.to_string(),
+                RetryAfter::HttpDate(s) => http_date(SystemTime::now() + Duration::from_secs(s)),
+            },
         };
         if let Ok(v) = HeaderValue::from_str(&value) {
             resp.headers_mut().insert(header::RETRY_AFTER, v);
@@ -447,8 +452,8 @@ async fn serve_origin(sh: Arc<Shared>, req: Request, origin: &'static str) -> Re
         tokio::time::sleep(d).await;
     }
     let resp = match decision.status {
-        Some(s) => fault_status(&sh, s),
-        None if over_limit => fault_status(&sh, 429),
+        Some(s) => fault_status(&sh, s, decision.rate_limited),
+        None if over_limit => fault_status(&sh, 429, None),
         None if origin == "storage" => bulk::storage_download(&sh, &r).await,
         None => route(&sh, &r).await,
     };
@@ -541,6 +546,7 @@ fn smart_configuration(sh: &Shared) -> Value {
     let o = &sh.origin;
     json!({
         "issuer": o,
+        "jwks_uri": format!("{o}/auth/jwks"),
         "authorization_endpoint": format!("{o}/auth/authorize"),
         "token_endpoint": sh.token_url,
         "revocation_endpoint": format!("{o}/auth/revoke"),
@@ -862,6 +868,7 @@ pub(crate) async fn start(cfg: SandboxConfig) -> Result<RunningSandbox, SandboxE
         log: Mutex::new(VecDeque::new()),
         files_in_flight: AtomicUsize::new(0),
         url_key: random_hex(32),
+        id_token_key: crate::jwt::id_token_key(),
         cfg,
     });
     let (tx, rx) = tokio::sync::watch::channel(false);

@@ -408,6 +408,11 @@ async fn app_launch_with_pkce_and_refresh() {
         .as_str()
         .unwrap()
         .contains("patient/Observation.read"));
+    check_id_token(
+        &sb,
+        v["id_token"].as_str().expect("openid gives an id_token"),
+    )
+    .await;
     let refresh = v["refresh_token"]
         .as_str()
         .expect("offline_access gives a refresh token")
@@ -555,4 +560,59 @@ async fn ehr_launch_and_introspection() {
         .unwrap();
     assert_eq!(resp.status(), 400);
     sb.shutdown().await;
+}
+
+/// The id_token verifies (RS256) against the key published at `jwks_uri`.
+async fn check_id_token(sb: &fhirhose_sandbox::RunningSandbox, id_token: &str) {
+    use rsa::traits::PublicKeyParts as _;
+    let cfg: Value = http()
+        .get(format!("{}/.well-known/smart-configuration", sb.base_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwks: Value = http()
+        .get(cfg["jwks_uri"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let key = &jwks["keys"][0];
+    let n =
+        rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(key["n"].as_str().unwrap()).unwrap());
+    let e =
+        rsa::BigUint::from_bytes_be(&URL_SAFE_NO_PAD.decode(key["e"].as_str().unwrap()).unwrap());
+    let pk = rsa::RsaPublicKey::new(n, e).unwrap();
+    assert!(pk.size() >= 256);
+    let (input, sig) = id_token.rsplit_once('.').unwrap();
+    const PREFIX: [u8; 19] = [
+        0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01,
+        0x05, 0x00, 0x04, 0x20,
+    ];
+    let scheme = rsa::Pkcs1v15Sign {
+        hash_len: Some(32),
+        prefix: Box::new(PREFIX),
+    };
+    pk.verify(
+        scheme,
+        &Sha256::digest(input.as_bytes()),
+        &URL_SAFE_NO_PAD.decode(sig).unwrap(),
+    )
+    .expect("id_token signature verifies");
+    let claims: Value = serde_json::from_slice(
+        &URL_SAFE_NO_PAD
+            .decode(input.split('.').nth(1).unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["aud"], APP_CLIENT);
+    assert_eq!(claims["iss"], cfg["issuer"]);
+    assert!(claims["fhirUser"]
+        .as_str()
+        .unwrap()
+        .starts_with(&format!("{}/Practitioner/", sb.base_url())));
 }

@@ -755,3 +755,25 @@ async fn malformed_lines_and_crlf() {
     assert_eq!(lines.len() as u64, file["count"].as_u64().unwrap() + 1);
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limit_answers_429_with_time_to_next_token() {
+    let sb = sandbox("rate-limit=2/m@fhir").await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+    let url = format!("{}/Patient?_count=1", sb.base_url());
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..3 {
+        let r = c.get(&url).bearer_auth(&tok).send().await.unwrap();
+        statuses.push(r.status().as_u16());
+        if let Some(v) = r.headers().get("retry-after") {
+            retry_after = v.to_str().unwrap().parse::<u64>().ok();
+        }
+    }
+    assert_eq!(statuses, [200, 200, 429]);
+    assert!(matches!(retry_after, Some(29..=30)), "{retry_after:?}");
+    let log = sb.request_log();
+    assert_eq!(log.last().unwrap().fault.as_deref(), Some("rate-limit"));
+    sb.shutdown().await;
+}
