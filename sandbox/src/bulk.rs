@@ -18,7 +18,9 @@
 //! `_since` (resources whose `meta.lastUpdated` >= `_since`), the export level (system,
 //! Patient, Group [`crate::GROUP_ALL_PATIENTS`]), and the token's scopes. Without `_type`,
 //! types the token may not read are silently left out; an explicit `_type` the token may
-//! not read is a 403. `_typeFilter` and `_elements` are accepted and ignored.
+//! not read is a 403. `_typeFilter=Type?search` applies the search parameters the
+//! sandbox's search supports (`_id`, `patient`, `category`, `_lastUpdated`; others are
+//! ignored). `_elements` and `includeAssociatedData` are accepted and ignored.
 //!
 //! Files (`/files/{job}/{n}.ndjson`) are NDJSON, gzip-encoded when the client sends
 //! `Accept-Encoding: gzip` and no `Range`. `Range: bytes=a-b`, `a-` and `-n` answer 206
@@ -41,8 +43,8 @@ use std::io::Write as _;
 use crate::faults::FaultSpec;
 use crate::scopes;
 use crate::server::{
-    authenticate, http_date, lock, now_instant, outcome, random_hex, require, unix_now, visible,
-    Req, Shared,
+    authenticate, http_date, lock, now_instant, outcome, parse_filters, random_hex, require,
+    unix_now, visible, Filters, Req, Shared,
 };
 use crate::store::parse_time_ms;
 use crate::GROUP_ALL_PATIENTS;
@@ -236,6 +238,10 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
     if !patient_level && !only_patients.is_empty() {
         return bad_request("the patient parameter applies to Patient and Group exports only");
     }
+    let type_filters = match parse_type_filters(&params) {
+        Ok(f) => f,
+        Err(msg) => return bad_request(&msg),
+    };
     let in_compartment = |ty: &str| {
         sh.store
             .entries(ty)
@@ -288,6 +294,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
                             .as_deref()
                             .is_some_and(|p| only_patients.contains(&p)))
                     && visible(e, access, &grant)
+                    && passes_type_filters(&type_filters, ty, e)
             })
             .map(|(i, _)| i as u32)
             .collect();
@@ -358,6 +365,43 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         resp.headers_mut().insert(header::CONTENT_LOCATION, v);
     }
     resp
+}
+
+/// `_typeFilter=Type?search` values: a resource of `Type` is exported when it matches
+/// any of that type's filters (types without filters are unaffected). Commas separate
+/// filters only where the next piece starts a new `Type?`.
+fn parse_type_filters(params: &[(String, String)]) -> Result<Vec<(String, Filters)>, String> {
+    let mut raw: Vec<String> = Vec::new();
+    for (_, v) in params.iter().filter(|(k, _)| k == "_typeFilter") {
+        for piece in v.split(',') {
+            let starts_filter = piece
+                .split_once('?')
+                .is_some_and(|(t, _)| t.chars().next().is_some_and(|c| c.is_ascii_uppercase()));
+            match raw.last_mut() {
+                Some(last) if !starts_filter => {
+                    last.push(',');
+                    last.push_str(piece);
+                }
+                _ => raw.push(piece.to_owned()),
+            }
+        }
+    }
+    raw.iter()
+        .map(|f| {
+            let (ty, query) = f
+                .split_once('?')
+                .ok_or_else(|| format!("_typeFilter `{f}` is not of the form Type?search"))?;
+            let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect();
+            Ok((ty.to_owned(), parse_filters(ty, &pairs)?))
+        })
+        .collect()
+}
+
+fn passes_type_filters(filters: &[(String, Filters)], ty: &str, e: &crate::store::Entry) -> bool {
+    let mut relevant = filters.iter().filter(|(t, _)| t == ty).peekable();
+    relevant.peek().is_none() || relevant.any(|(_, f)| f.matches(e))
 }
 
 fn inline_file(kind: FileKind, ty: &str, lines: &[String]) -> ExportFile {

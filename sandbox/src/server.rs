@@ -682,14 +682,14 @@ fn read(sh: &Shared, r: &Req, ty: &str, id: &str) -> Response {
     }
 }
 
-struct Filters {
+pub(crate) struct Filters {
     ids: Option<Vec<String>>,
     patient: Option<String>,
     category: Option<String>,
     last_updated: Vec<(&'static str, i64)>,
 }
 
-fn parse_filters(ty: &str, params: &[(String, String)]) -> Result<Filters, String> {
+pub(crate) fn parse_filters(ty: &str, params: &[(String, String)]) -> Result<Filters, String> {
     let mut f = Filters {
         ids: None,
         patient: None,
@@ -731,7 +731,7 @@ fn parse_filters(ty: &str, params: &[(String, String)]) -> Result<Filters, Strin
 }
 
 impl Filters {
-    fn matches(&self, e: &Entry) -> bool {
+    pub(crate) fn matches(&self, e: &Entry) -> bool {
         if let Some(ids) = &self.ids {
             if !ids.iter().any(|i| **i == *e.id) {
                 return false;

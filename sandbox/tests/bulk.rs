@@ -777,3 +777,44 @@ async fn rate_limit_answers_429_with_time_to_next_token() {
     assert_eq!(log.last().unwrap().fault.as_deref(), Some("rate-limit"));
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn type_filter_narrows_the_export() {
+    let sb = sandbox("").await;
+    let tok = token(&sb, "system/*.read").await;
+    let r = kickoff(
+        &sb,
+        &tok,
+        "?_type=Observation,Patient&_typeFilter=Observation%3Fcategory%3Dlaboratory",
+    )
+    .await;
+    assert_eq!(r.status(), 202);
+    let (_, manifest) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let mut observations = 0;
+    let mut patients = 0;
+    for o in manifest["output"].as_array().unwrap() {
+        let body = http()
+            .get(o["url"].as_str().unwrap())
+            .bearer_auth(&tok)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        for line in body.lines() {
+            let v: Value = serde_json::from_str(line).unwrap();
+            if v["resourceType"] == "Observation" {
+                observations += 1;
+                assert_eq!(v["category"][0]["coding"][0]["code"], "laboratory");
+            } else {
+                patients += 1;
+            }
+        }
+    }
+    assert!(observations > 0);
+    assert_eq!(patients, 5, "types without a filter are unaffected");
+    let bad = kickoff(&sb, &tok, "?_typeFilter=nonsense").await;
+    assert_eq!(bad.status(), 400);
+    sb.shutdown().await;
+}
