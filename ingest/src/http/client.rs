@@ -57,8 +57,9 @@ pub enum TokenPolicy {
     Never,
 }
 
-/// One logical request (replayed as needed).
-#[derive(Debug, Clone)]
+/// One logical request (replayed as needed). `Debug` shows neither headers nor body
+/// (they may hold credentials).
+#[derive(Clone)]
 pub struct Request {
     method: Method,
     url: Url,
@@ -67,6 +68,17 @@ pub struct Request {
     interaction: Option<Interaction>,
     token: TokenPolicy,
     idempotent: Option<bool>,
+}
+
+impl fmt::Debug for Request {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.method)
+            .field("url", &redact_url(&self.url))
+            .field("interaction", &self.interaction)
+            .field("token", &self.token)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Request {

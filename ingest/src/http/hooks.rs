@@ -63,7 +63,10 @@ pub enum Interaction {
         types: Vec<String>,
     },
     /// Downloading a Bulk Data output file (`requiresAccessToken` decides the token).
-    FileDownload,
+    FileDownload {
+        /// The manifest entry's `type`, when known.
+        resource_type: Option<String>,
+    },
     /// Anything the scope policy does not judge: discovery, `metadata`, token calls,
     /// bulk status polls and deletes.
     Other,
