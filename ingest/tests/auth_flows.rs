@@ -684,3 +684,144 @@ async fn backend_logs_hold_no_assertion_or_key() {
         assert!(!out.contains(s), "log leaks {s}");
     }
 }
+
+/// Runs begin_login → browser redirect → finish against `srv`.
+async fn login_flow(
+    cfg: &AuthConfig,
+    http: &HttpClient,
+    audit: Arc<MemoryAuditSink>,
+) -> fhirhose_ingest::auth::Grant {
+    let pending = begin_login(http, cfg).await.unwrap();
+    let authorize = pending.authorize_url().clone();
+    let finish = tokio::spawn(pending.finish(audit));
+    assert_eq!(browser_redirect(&authorize, None, "code-1").await, 200);
+    finish.await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn stored_refresh_token_restarts_and_revoke_deletes_it() {
+    let srv = smart_server(
+        |r, _| match r.form_value("grant_type").as_deref() {
+            Some("authorization_code") => json(
+                200,
+                json!({"access_token": "A", "token_type": "Bearer", "expires_in": 300,
+                       "refresh_token": "R", "patient": "p9", "scope": "patient/*.rs offline_access"}),
+            ),
+            Some("refresh_token") if r.form_value("refresh_token").as_deref() == Some("R") => {
+                json(200, json!({"access_token": "B", "token_type": "Bearer", "expires_in": 300}))
+            }
+            _ => json(400, json!({"error": "invalid_grant"})),
+        },
+        not_found,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let stored = dir.path().join("grant.json");
+    let clock = ManualClock::starting_now();
+    let http = http(&clock);
+    let mut cfg = AuthConfig::new(
+        srv.url("fhir"),
+        "public-app",
+        "patient/*.rs offline_access",
+        ClientAuthConfig::Public,
+    );
+    cfg.refresh_token_path = Some(stored.clone());
+    let audit = Arc::new(MemoryAuditSink::new());
+    let grant = login_flow(&cfg, &http, audit.clone()).await;
+    assert!(grant.missing_scopes.is_empty());
+    assert!(stored.exists());
+    let code_call = srv.hits().into_iter().find(|h| h.path == "/token").unwrap();
+    assert_eq!(
+        code_call.form_value("client_id").as_deref(),
+        Some("public-app")
+    );
+    assert!(code_call.form_value("code_verifier").unwrap().len() >= 43);
+
+    // A new process: the stored grant is used through the refresh-token grant.
+    let auth = Authorizer::build(&cfg, &http, audit.clone()).await.unwrap();
+    let t = auth.token().await.unwrap();
+    assert_eq!(t.access.expose(), "B");
+    assert_eq!(t.context.patient.as_deref(), Some("p9"));
+    assert_eq!(
+        t.refresh.as_ref().unwrap().expose(),
+        "R",
+        "refresh token kept"
+    );
+    assert!(auth
+        .bearer_for(&LaunchContext::for_patient("p9"))
+        .bearer()
+        .await
+        .is_ok());
+
+    auth.revoke().await.unwrap();
+    let revokes: Vec<_> = srv
+        .hits()
+        .into_iter()
+        .filter(|h| h.path == "/revoke")
+        .collect();
+    let revoked: Vec<_> = revokes
+        .iter()
+        .map(|h| {
+            (
+                h.form_value("token").unwrap(),
+                h.form_value("token_type_hint").unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        revoked,
+        vec![
+            ("R".to_owned(), "refresh_token".to_owned()),
+            ("B".to_owned(), "access_token".to_owned())
+        ]
+    );
+    assert!(
+        !stored.exists(),
+        "revocation deletes the stored refresh token"
+    );
+    assert_eq!(audit.of_kind(AuthEventKind::Revocation).len(), 1);
+    assert_eq!(
+        Authorizer::build(&cfg, &http, audit.clone())
+            .await
+            .unwrap_err()
+            .kind(),
+        AuthErrorKind::NeedsReauthorization
+    );
+}
+
+#[tokio::test]
+async fn discovery_falls_back_to_the_capability_statement() {
+    let srv = serve(|r, _| {
+        let root = format!("http://{}", r.header("host").unwrap());
+        match r.path.as_str() {
+            "/fhir/metadata" => json(
+                200,
+                json!({"resourceType": "CapabilityStatement", "rest": [{"mode": "server", "security": {"extension": [{
+                    "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                    "extension": [
+                        {"url": "token", "valueUri": format!("{root}/oauth/token")},
+                        {"url": "authorize", "valueUri": format!("{root}/oauth/authorize")}
+                    ]}]}}]}),
+            ),
+            _ => resp(404, &[], ""),
+        }
+    })
+    .await;
+    let clock = ManualClock::starting_now();
+    let cfg = fhirhose_ingest::auth::discover(&http(&clock), &srv.url("fhir"))
+        .await
+        .unwrap();
+    assert_eq!(cfg.token_endpoint.unwrap().path(), "/oauth/token");
+    assert_eq!(
+        cfg.authorization_endpoint.unwrap().path(),
+        "/oauth/authorize"
+    );
+    assert!(cfg.revocation_endpoint.is_none());
+    assert_eq!(srv.count_path("/fhir/.well-known/smart-configuration"), 1);
+
+    let none = serve(|_, _| resp(404, &[], "")).await;
+    let err = fhirhose_ingest::auth::discover(&http(&clock), &none.url("fhir"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::Config);
+}

@@ -113,6 +113,9 @@ struct Inner {
     audit: Arc<dyn AuditSink>,
     cache: TokenCache,
     current: Mutex<Option<CacheKey>>,
+    /// Scopes of the latest grant or refresh; the guard reads it without waiting for an
+    /// in-flight refresh.
+    granted: Mutex<Option<ScopeSet>>,
 }
 
 /// Tokens for one FHIR server and client. Cheap to clone.
@@ -241,6 +244,7 @@ impl Authorizer {
                 audit,
                 cache: TokenCache::default(),
                 current: Mutex::new(None),
+                granted: Mutex::new(None),
             }),
         }
     }
@@ -271,6 +275,7 @@ impl Authorizer {
     async fn install(&self, ctx: &LaunchContext, token: Token) {
         let key = self.key_for(ctx);
         let slot = self.inner.cache.slot(&key);
+        *self.granted_lock() = Some(token.granted.clone());
         *slot.lock().await = Some(Arc::new(token));
         *self.current_lock() = Some(key);
     }
@@ -337,26 +342,26 @@ impl Authorizer {
 
     /// The scopes the current grant holds (the requested ones before the first grant).
     pub fn granted_scopes(&self) -> ScopeSet {
-        self.current_token_now()
-            .map(|t| t.granted.clone())
+        self.granted_lock()
+            .clone()
             .unwrap_or_else(|| self.inner.requested.clone())
     }
 
     /// Requested scopes the server did not grant (empty before the first grant).
     pub fn missing_scopes(&self) -> Vec<String> {
-        self.current_token_now()
-            .map(|t| self.inner.requested.missing_from(&t.granted))
+        self.granted_lock()
+            .as_ref()
+            .map(|g| self.inner.requested.missing_from(g))
             .unwrap_or_default()
+    }
+
+    fn granted_lock(&self) -> std::sync::MutexGuard<'_, Option<ScopeSet>> {
+        self.inner.granted.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// What `_type` an export may request under the current grant.
     pub fn allowed_export_types(&self) -> ExportTypes {
         self.granted_scopes().allowed_export_types()
-    }
-
-    fn current_token_now(&self) -> Option<Arc<Token>> {
-        let key = self.current_lock().clone()?;
-        self.token_now(&key)
     }
 
     /// The cached token for `key` without waiting (None while a refresh is running).
@@ -516,6 +521,7 @@ impl Authorizer {
             event_id = %ev.id,
             "access token obtained"
         );
+        *self.granted_lock() = Some(granted.clone());
         let token = Token {
             access: resp.access,
             expires_at,
@@ -714,6 +720,7 @@ impl Authorizer {
         }
         self.inner.cache.clear();
         *self.current_lock() = None;
+        *self.granted_lock() = None;
         if let Some(p) = &self.inner.cfg.refresh_token_path {
             match std::fs::remove_file(p) {
                 Ok(()) => {}

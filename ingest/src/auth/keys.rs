@@ -475,6 +475,34 @@ mod tests {
     }
 
     #[test]
+    fn rsa_pkcs1_pkcs8_and_jwk_parse_to_the_same_key() {
+        use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::traits::PrivateKeyParts;
+        let k = SigningKey::generate(Alg::RS384).unwrap();
+        let KeyMaterial::Rsa(rk) = &k.material else {
+            unreachable!()
+        };
+        let pkcs1 = rk.to_pkcs1_pem(LineEnding::LF).unwrap();
+        assert!(pkcs1.contains("BEGIN RSA PRIVATE KEY"));
+        let from_pkcs1 = SigningKey::parse(&pkcs1, None).unwrap();
+        assert_eq!(from_pkcs1.kid(), k.kid());
+        let from_pkcs8 = SigningKey::parse(&k.to_pkcs8_pem().unwrap(), None).unwrap();
+        assert_eq!(from_pkcs8.alg(), Alg::RS384);
+        assert_eq!(from_pkcs8.kid(), k.kid());
+        let big = |b: &BigUint| b64(&b.to_bytes_be());
+        let primes = rk.primes();
+        let jwk = json!({"kty": "RSA", "kid": "rsa-1", "n": big(rk.n()), "e": big(rk.e()),
+            "d": big(rk.d()), "p": big(&primes[0]), "q": big(&primes[1])});
+        let from_jwk = SigningKey::parse(&jwk.to_string(), None).unwrap();
+        assert_eq!(from_jwk.kid(), "rsa-1");
+        assert_eq!(from_jwk.thumbprint(), k.thumbprint());
+        let sig = from_jwk.sign(b"x.y").unwrap();
+        assert_eq!(sig.len(), 256);
+        assert!(verify_with_jwk(&k.public_jwk(), b"x.y", &sig));
+        assert!(SigningKey::parse("not a key", None).is_err());
+    }
+
+    #[test]
     fn debug_hides_material() {
         let k = SigningKey::generate(Alg::ES384).unwrap();
         let d = format!("{k:?}");

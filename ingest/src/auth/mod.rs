@@ -9,6 +9,33 @@
 //! calls: it attaches tokens only to the FHIR origin and refuses requests outside the
 //! grant before they are sent.
 //!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use fhirhose_ingest::auth::{AuthConfig, Authorizer, ClientAuthConfig, JsonlAuditSink};
+//! use fhirhose_ingest::http::{HttpConfig, Interaction, Request, TokenPolicy};
+//!
+//! let http = HttpConfig::default().build()?;
+//! let cfg = AuthConfig::new(
+//!     "https://ehr.example/fhir/r4".parse()?,
+//!     "my-backend-client",
+//!     "system/Patient.rs system/Observation.rs",
+//!     ClientAuthConfig::PrivateKeyJwt { key_path: "keys/private_key.pem".into(), kid: None, jku: None },
+//! );
+//! let audit = Arc::new(JsonlAuditSink::open("auth-audit.jsonl".as_ref())?);
+//! let auth = Authorizer::build(&cfg, &http, audit).await?;
+//! let token = auth.token().await?; // audited; token.event_id identifies the grant
+//! let fhir = auth.authorized_client(); // bearer on the FHIR origin + scope guard
+//! let kickoff = Request::get("https://ehr.example/fhir/r4/$export?_type=Patient".parse()?);
+//! let resp = fhir.send(kickoff).await?;
+//! // Output files: say what they are and whether the manifest requires the token.
+//! let file = Request::get("https://files.example/1.ndjson".parse()?)
+//!     .interaction(Interaction::FileDownload { resource_type: Some("Patient".into()) })
+//!     .token(TokenPolicy::Never);
+//! # let _ = (token, resp, file);
+//! # Ok(()) }
+//! ```
+//!
 //! Secrets (tokens, assertions, client secrets, private keys, codes, PKCE verifiers)
 //! travel as [`crate::http::Secret`] and never reach a log line, an error message or an
 //! audit event.
