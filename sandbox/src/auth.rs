@@ -555,26 +555,28 @@ fn authorize(sh: &Shared, params: &[(String, String)]) -> Response {
         .iter()
         .any(|s| s.starts_with("launch") || s.starts_with("patient/"));
     let wants_encounter = launch.is_some() || granted.contains(&"launch/encounter");
+    let store = sh.store();
     let patient = wants_patient
         .then(|| {
             launch
-                .filter(|l| sh.store.get("Patient", l).is_some())
+                .filter(|l| store.get("Patient", l).is_some())
                 .map(str::to_owned)
                 .or_else(|| sh.cfg.launch_patient.clone())
-                .or_else(|| sh.store.patient_ids().into_iter().next())
+                .or_else(|| store.patient_ids().into_iter().next())
         })
         .flatten();
     let encounter = patient
         .as_deref()
         .filter(|_| wants_encounter)
-        .and_then(|p| sh.store.first_encounter_of(p));
+        .and_then(|p| store.first_encounter_of(p));
     let fhir_user = (granted.contains(&"openid") && granted.contains(&"fhirUser"))
         .then(|| {
-            sh.store
+            store
                 .first_practitioner()
                 .map(|p| format!("Practitioner/{p}"))
         })
         .flatten();
+    drop(store);
     let code = format!("sbx-code-{}", random_hex(16));
     lock(&sh.auth).codes.insert(
         code.clone(),

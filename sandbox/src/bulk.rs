@@ -46,7 +46,7 @@ use crate::server::{
     authenticate, http_date, lock, now_instant, outcome, parse_filters, random_hex, require,
     unix_now, visible, Filters, Req, Shared,
 };
-use crate::store::parse_time_ms;
+use crate::store::{parse_time_ms, Entry};
 use crate::GROUP_ALL_PATIENTS;
 
 /// Lifetime of the storage origin's signed URLs (S3's default pre-sign is 15 minutes).
@@ -65,8 +65,7 @@ pub(crate) enum Level<'a> {
 #[derive(Debug)]
 enum Content {
     Lines {
-        ty: String,
-        indices: Vec<u32>,
+        lines: Vec<Bytes>,
         /// `\r\n` line endings (`crlf` fault).
         crlf: bool,
         /// A malformed JSON line in the middle (`bad-line` fault).
@@ -242,8 +241,10 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         Ok(f) => f,
         Err(msg) => return bad_request(&msg),
     };
+    // One read guard for the whole selection (see `Shared::store`).
+    let store = sh.store();
     let in_compartment = |ty: &str| {
-        sh.store
+        store
             .entries(ty)
             .first()
             .is_some_and(|e| e.patient.is_some())
@@ -251,7 +252,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
 
     let mut selected = Vec::new();
     if requested.is_empty() {
-        for ty in sh.store.types() {
+        for ty in store.types() {
             if patient_level && !in_compartment(ty) {
                 continue;
             }
@@ -268,7 +269,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         }
     } else {
         for ty in requested {
-            if !sh.store.has_type(ty) && !crate::generate::RESOURCE_TYPES.contains(&ty) {
+            if !store.has_type(ty) && !crate::generate::RESOURCE_TYPES.contains(&ty) {
                 return bad_request(&format!("unsupported _type {ty}"));
             }
             match require(&grant, ty, scopes::R | scopes::S) {
@@ -279,40 +280,52 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
     }
 
     let per_file = spec.tiny_files.unwrap_or(sh.cfg.resources_per_file).max(1);
+    let in_scope = |e: &Entry| {
+        (!patient_level || e.patient.is_some())
+            && (only_patients.is_empty()
+                || e.patient
+                    .as_deref()
+                    .is_some_and(|p| only_patients.contains(&p)))
+    };
     let mut files = Vec::new();
+    let mut deleted_lines = Vec::new();
     for (ty, access) in &selected {
-        let indices: Vec<u32> = sh
-            .store
+        // The snapshot: clones of the lines' `Bytes` (reference counts, not copies), so
+        // later touches and deletes do not change this job's files.
+        let lines: Vec<Bytes> = store
             .entries(ty)
             .iter()
-            .enumerate()
-            .filter(|(_, e)| {
+            .filter(|e| {
                 since.is_none_or(|s| e.last_updated_ms >= s)
-                    && (!patient_level || e.patient.is_some())
-                    && (only_patients.is_empty()
-                        || e.patient
-                            .as_deref()
-                            .is_some_and(|p| only_patients.contains(&p)))
+                    && in_scope(e)
                     && visible(e, access, &grant)
                     && passes_type_filters(&type_filters, ty, e)
             })
-            .map(|(i, _)| i as u32)
+            .map(|e| e.line.clone())
             .collect();
-        for chunk in indices.chunks(per_file) {
+        for chunk in lines.chunks(per_file) {
             let bad_line = spec.bad_line && files.is_empty();
             files.push(ExportFile {
                 kind: FileKind::Output,
                 ty: ty.clone(),
                 count: chunk.len(),
                 content: Content::Lines {
-                    ty: ty.clone(),
-                    indices: chunk.to_vec(),
+                    lines: chunk.to_vec(),
                     crlf: spec.crlf,
                     bad_line,
                 },
             });
         }
+        // Resources deleted since `_since` (Bulk Data: only meaningful with `_since`).
+        if let Some(s) = since {
+            for e in store.entries(ty) {
+                if e.deleted_ms.is_some_and(|d| d >= s) && in_scope(e) {
+                    deleted_lines.push(delete_bundle(ty, &e.id));
+                }
+            }
+        }
     }
+    drop(store);
     if spec.error_file {
         let lines: Vec<String> = selected
             .iter()
@@ -326,18 +339,14 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
         files.push(inline_file(FileKind::Error, "OperationOutcome", &lines));
     }
     if spec.deleted {
-        let mut lines = Vec::new();
         for (ty, _) in selected.iter().take(2) {
             for _ in 0..2 {
-                lines.push(
-                    json!({"resourceType": "Bundle", "type": "transaction", "entry": [
-                        {"request": {"method": "DELETE", "url": format!("{ty}/deleted-{}", random_hex(8))}}
-                    ]})
-                    .to_string(),
-                );
+                deleted_lines.push(delete_bundle(ty, &format!("deleted-{}", random_hex(8))));
             }
         }
-        files.push(inline_file(FileKind::Deleted, "Bundle", &lines));
+    }
+    if !deleted_lines.is_empty() {
+        files.push(inline_file(FileKind::Deleted, "Bundle", &deleted_lines));
     }
 
     let id = random_hex(12);
@@ -402,6 +411,14 @@ fn parse_type_filters(params: &[(String, String)]) -> Result<Vec<(String, Filter
 fn passes_type_filters(filters: &[(String, Filters)], ty: &str, e: &crate::store::Entry) -> bool {
     let mut relevant = filters.iter().filter(|(t, _)| t == ty).peekable();
     relevant.peek().is_none() || relevant.any(|(_, f)| f.matches(e))
+}
+
+/// One line of a `deleted` file: a transaction Bundle with a single DELETE entry.
+fn delete_bundle(ty: &str, id: &str) -> String {
+    json!({"resourceType": "Bundle", "type": "transaction", "entry": [
+        {"request": {"method": "DELETE", "url": format!("{ty}/{id}")}}
+    ]})
+    .to_string()
 }
 
 fn inline_file(kind: FileKind, ty: &str, lines: &[String]) -> ExportFile {
@@ -654,25 +671,24 @@ async fn serve_file(sh: &Shared, r: &Req, rest: &str) -> Response {
             None => return not_found(),
         }
     };
-    // Files are rebuilt from the store on each request (outside the jobs lock): the bytes
-    // are a pure function of the snapshot, so ETag and ranges stay valid without caching.
+    // Files are assembled from the job's snapshot on each request (outside the jobs lock):
+    // the bytes never change, so ETag and ranges stay valid without caching the result.
     let content = match &file.content {
         Content::Inline(b) => b.clone(),
         Content::Lines {
-            ty,
-            indices,
+            lines,
             crlf,
             bad_line,
         } => {
-            let entries = sh.store.entries(ty);
             let eol: &[u8] = if *crlf { b"\r\n" } else { b"\n" };
-            let mut out = Vec::with_capacity(indices.len() * 1024);
-            for (n, &i) in indices.iter().enumerate() {
-                if *bad_line && n == indices.len() / 2 {
+            let size: usize = lines.iter().map(|l| l.len() + eol.len()).sum();
+            let mut out = Vec::with_capacity(size + MALFORMED_LINE.len() + eol.len());
+            for (n, line) in lines.iter().enumerate() {
+                if *bad_line && n == lines.len() / 2 {
                     out.extend_from_slice(MALFORMED_LINE);
                     out.extend_from_slice(eol);
                 }
-                out.extend_from_slice(&entries[i as usize].line);
+                out.extend_from_slice(line);
                 out.extend_from_slice(eol);
             }
             Bytes::from(out)

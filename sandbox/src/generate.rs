@@ -61,9 +61,11 @@ const TAG_LOC: u64 = 2;
 const TAG_PRACT: u64 = 3;
 const TAG_PATIENT: u64 = 4;
 
-/// 2020-01-01T00:00:00Z: `meta.lastUpdated` values fall in [this, this + ~6 years).
-const LAST_UPDATED_BASE_S: i64 = 1_577_836_800;
-const LAST_UPDATED_SPAN_S: i64 = 6 * 365 * 86_400;
+/// 2016-01-01T00:00:00Z: `meta.lastUpdated` values fall in [this, this + 9 years), i.e.
+/// before 2025, so they are in the past on any machine with a sane clock and an export
+/// with `_since` = a fresh `transactionTime` sees only what the test touched.
+const LAST_UPDATED_BASE_S: i64 = 1_451_606_400;
+const LAST_UPDATED_SPAN_S: i64 = 9 * 365 * 86_400;
 /// 2012-01-01: clinical dates (encounters) fall in [this, this + ~13 years).
 const CLINICAL_BASE_S: i64 = 1_325_376_000;
 const CLINICAL_SPAN_S: i64 = 13 * 365 * 86_400;
@@ -74,6 +76,7 @@ macro_rules! w {
 
 /// One NDJSON file written by [`Generator::write_ndjson_dir`].
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GeneratedFile {
     /// FHIR resource type of every line.
     pub resource_type: String,

@@ -74,8 +74,11 @@
 //! (deterministic from `seed`; about 36 KB of NDJSON per patient, so ~28 000 patients make
 //! 1 GB). With `data_dir` it serves the `*.ndjson` and `*.ndjson.gz` files of a directory
 //! instead (e.g. `tests/data/corpus`). Either way the resources are held in memory as raw
-//! lines, so memory is about the size of the data set. Export files are rebuilt from memory
-//! on each download and are byte-identical across downloads of the same job.
+//! lines, so memory is about the size of the data set. An export job snapshots its
+//! selection at kick-off, so its files are byte-identical across downloads (and across
+//! runs with the same seed and parameters). Generated `meta.lastUpdated` values lie in
+//! 2016–2024; [`RunningSandbox::touch_resources`] and [`RunningSandbox::delete_resource`]
+//! change data after an export, for incremental (`_since`) exports and `deleted` files.
 //!
 //! # Faults
 //!
@@ -237,6 +240,7 @@ pub enum SandboxError {
 /// One request as the sandbox saw it. Never contains a token, a secret, an assertion, a
 /// code or a signature: those query values are replaced by `REDACTED`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RequestLogEntry {
     /// HTTP method.
     pub method: String,
@@ -299,7 +303,7 @@ impl RunningSandbox {
     /// Number of resources of each type the server holds (what a full system-level
     /// export with `system/*.read` returns).
     pub fn resource_counts(&self) -> std::collections::BTreeMap<String, usize> {
-        self.shared.store.counts()
+        self.shared.store().counts()
     }
 
     /// The fault spec currently in force.
@@ -309,7 +313,26 @@ impl RunningSandbox {
 
     /// Ids of all patients, in data order.
     pub fn patient_ids(&self) -> Vec<String> {
-        self.shared.store.patient_ids()
+        self.shared.store().patient_ids()
+    }
+
+    /// Gives the first `count` live resources of `resource_type` a new version now (new
+    /// `meta.lastUpdated` and `meta.versionId`), so an export with `_since` set to an
+    /// earlier `transactionTime` returns them. Export jobs already started keep serving
+    /// the old bytes. Returns the ids touched.
+    pub fn touch_resources(&self, resource_type: &str, count: usize) -> Vec<String> {
+        self.shared
+            .store_mut()
+            .touch(resource_type, count, server::now_ms())
+    }
+
+    /// Deletes a resource: reads answer 410, searches and new exports leave it out, and an
+    /// export whose `_since` precedes the deletion lists it in the manifest's `deleted`
+    /// file. Returns false if there was no such live resource.
+    pub fn delete_resource(&self, resource_type: &str, id: &str) -> bool {
+        self.shared
+            .store_mut()
+            .delete(resource_type, id, server::now_ms())
     }
 
     /// Registers a backend-services client authenticating with `private_key_jwt` against

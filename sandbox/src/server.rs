@@ -15,7 +15,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
 use axum::body::Body;
@@ -66,11 +66,14 @@ pub(crate) fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-pub(crate) fn now_instant() -> String {
-    let ms = SystemTime::now()
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
-    fmt_instant_ms(ms)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub(crate) fn now_instant() -> String {
+    fmt_instant_ms(now_ms())
 }
 
 /// IMF-fixdate, the HTTP-date form (`Sun, 06 Nov 1994 08:49:37 GMT`).
@@ -95,7 +98,9 @@ pub(crate) struct Shared {
     pub(crate) base_url: String,
     pub(crate) token_url: String,
     pub(crate) storage_origin: String,
-    pub(crate) store: Store,
+    /// Read-mostly; written only by `RunningSandbox::{touch_resources, delete_resource}`.
+    /// Take one guard per request (no nested read locks: a queued writer would deadlock).
+    pub(crate) store: RwLock<Store>,
     pub(crate) auth: Mutex<AuthState>,
     pub(crate) faults: Mutex<FaultEngine>,
     pub(crate) jobs: Mutex<HashMap<String, bulk::Job>>,
@@ -119,6 +124,14 @@ impl fmt::Debug for Shared {
 }
 
 impl Shared {
+    pub(crate) fn store(&self) -> RwLockReadGuard<'_, Store> {
+        self.store.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn store_mut(&self) -> RwLockWriteGuard<'_, Store> {
+        self.store.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
     pub(crate) fn register(&self, client_id: &str, kind: ClientKind, scopes: &str) {
         lock(&self.auth).register(client_id, kind, scopes);
     }
@@ -317,7 +330,8 @@ pub(crate) fn require(grant: &Grant, ty: &str, perm: u8) -> Result<Access, Respo
 
 /// Whether `e` is visible under `access` for `grant`.
 pub(crate) fn visible(e: &Entry, access: &Access, grant: &Grant) -> bool {
-    (!access.patient_only || e.patient.as_deref() == grant.patient.as_deref())
+    e.deleted_ms.is_none()
+        && (!access.patient_only || e.patient.as_deref() == grant.patient.as_deref())
         && access
             .category
             .as_deref()
@@ -573,7 +587,7 @@ fn smart_configuration(sh: &Shared) -> Value {
 fn capability_statement(sh: &Shared) -> Value {
     let o = &sh.origin;
     let resources: Vec<Value> = sh
-        .store
+        .store()
         .types()
         .map(|t| {
             json!({
@@ -627,8 +641,8 @@ fn capability_statement(sh: &Shared) -> Value {
     })
 }
 
-fn known_type(sh: &Shared, ty: &str) -> bool {
-    sh.store.has_type(ty) || ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
+fn known_type(store: &Store, ty: &str) -> bool {
+    store.has_type(ty) || ty.chars().next().is_some_and(|c| c.is_ascii_uppercase())
 }
 
 /// The synthetic Group of every patient (members listed, so clients can count them).
@@ -640,7 +654,7 @@ fn group(sh: &Shared, r: &Req) -> Response {
     if let Err(resp) = require(&grant, "Group", scopes::R) {
         return resp;
     }
-    let ids = sh.store.patient_ids();
+    let ids = sh.store().patient_ids();
     let members: Vec<Value> = ids
         .iter()
         .map(|id| json!({"entity": {"reference": format!("Patient/{id}")}}))
@@ -667,7 +681,13 @@ fn read(sh: &Shared, r: &Req, ty: &str, id: &str) -> Response {
         Ok(a) => a,
         Err(resp) => return resp,
     };
-    match sh.store.get(ty, id) {
+    let store = sh.store();
+    match store.get(ty, id) {
+        Some(e) if e.deleted_ms.is_some() => outcome(
+            StatusCode::GONE,
+            "deleted",
+            &format!("{ty}/{id} has been deleted"),
+        ),
         Some(e) if visible(e, &access, &grant) => fhir_json(StatusCode::OK, e.line.clone()),
         Some(_) => outcome(
             StatusCode::FORBIDDEN,
@@ -761,7 +781,8 @@ fn search(sh: &Shared, r: &Req, ty: &str, params: &[(String, String)]) -> Respon
         Ok(g) => g,
         Err(resp) => return resp,
     };
-    if !known_type(sh, ty) {
+    let store = sh.store();
+    if !known_type(&store, ty) {
         return outcome(
             StatusCode::NOT_FOUND,
             "not-supported",
@@ -784,8 +805,7 @@ fn search(sh: &Shared, r: &Req, ty: &str, params: &[(String, String)]) -> Respon
     let offset = get("_offset")
         .and_then(|c| c.parse::<usize>().ok())
         .unwrap_or(0);
-    let matches: Vec<&Entry> = sh
-        .store
+    let matches: Vec<&Entry> = store
         .entries(ty)
         .iter()
         .filter(|e| visible(e, &access, &grant) && filters.matches(e))
@@ -861,7 +881,7 @@ pub(crate) async fn start(cfg: SandboxConfig) -> Result<RunningSandbox, SandboxE
         token_url: format!("{origin}/auth/token"),
         origin,
         storage_origin,
-        store,
+        store: RwLock::new(store),
         auth: Mutex::new(AuthState::default()),
         faults: Mutex::new(FaultEngine::new(cfg.faults.clone())),
         jobs: Mutex::new(HashMap::new()),

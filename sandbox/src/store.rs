@@ -23,6 +23,9 @@ pub(crate) struct Entry {
     pub(crate) last_updated_ms: i64,
     pub(crate) category: Option<Box<str>>,
     pub(crate) line: Bytes,
+    /// When the resource was deleted (ms since the epoch); deleted entries keep their slot
+    /// so indices stay stable, and feed the `deleted` part of `_since` exports.
+    pub(crate) deleted_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -187,8 +190,52 @@ impl Store {
             last_updated_ms,
             category,
             line,
+            deleted_ms: None,
         });
         Ok(())
+    }
+
+    /// Gives the first `count` live resources of `ty` a new version: `meta.lastUpdated`
+    /// becomes `now_ms` and `meta.versionId` is incremented (when the line has them).
+    /// Returns the ids touched.
+    pub(crate) fn touch(&mut self, ty: &str, count: usize, now_ms: i64) -> Vec<String> {
+        let Some(entries) = self.types.get_mut(ty) else {
+            return Vec::new();
+        };
+        let mut ids = Vec::new();
+        for e in entries
+            .iter_mut()
+            .filter(|e| e.deleted_ms.is_none())
+            .take(count)
+        {
+            let mut line = String::from_utf8_lossy(&e.line).into_owned();
+            replace_string_field(
+                &mut line,
+                "lastUpdated",
+                &crate::rng::fmt_instant_ms(now_ms),
+            );
+            if let Some(v) = string_field(&line, "versionId").and_then(|v| v.parse::<u64>().ok()) {
+                replace_string_field(&mut line, "versionId", &(v + 1).to_string());
+            }
+            e.line = Bytes::from(line);
+            e.last_updated_ms = now_ms;
+            ids.push(e.id.to_string());
+        }
+        ids
+    }
+
+    /// Marks a resource deleted at `now_ms`; false when it does not exist (or is gone).
+    pub(crate) fn delete(&mut self, ty: &str, id: &str, now_ms: i64) -> bool {
+        let Some(&i) = self.index.get(ty).and_then(|m| m.get(id)) else {
+            return false;
+        };
+        match self.types.get_mut(ty).and_then(|v| v.get_mut(i)) {
+            Some(e) if e.deleted_ms.is_none() => {
+                e.deleted_ms = Some(now_ms);
+                true
+            }
+            _ => false,
+        }
     }
 
     pub(crate) fn types(&self) -> impl Iterator<Item = &str> {
@@ -208,16 +255,23 @@ impl Store {
         self.entries(ty).get(i)
     }
 
+    /// Live (not deleted) resources per type.
     pub(crate) fn counts(&self) -> std::collections::BTreeMap<String, usize> {
         self.types
             .iter()
-            .map(|(t, e)| (t.clone(), e.len()))
+            .map(|(t, e)| {
+                (
+                    t.clone(),
+                    e.iter().filter(|e| e.deleted_ms.is_none()).count(),
+                )
+            })
             .collect()
     }
 
     pub(crate) fn patient_ids(&self) -> Vec<String> {
         self.entries("Patient")
             .iter()
+            .filter(|e| e.deleted_ms.is_none())
             .map(|e| e.id.to_string())
             .collect()
     }
@@ -236,6 +290,23 @@ impl Store {
     }
 }
 
+/// The value of the first `"field":"value"` string member in a raw JSON line.
+fn string_field<'a>(line: &'a str, field: &str) -> Option<&'a str> {
+    let key = format!("\"{field}\":\"");
+    let start = line.find(&key)? + key.len();
+    let len = line[start..].find('"')?;
+    Some(&line[start..start + len])
+}
+
+fn replace_string_field(line: &mut String, field: &str, value: &str) {
+    let key = format!("\"{field}\":\"");
+    if let Some(start) = line.find(&key).map(|i| i + key.len()) {
+        if let Some(len) = line[start..].find('"') {
+            line.replace_range(start..start + len, value);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,11 +317,25 @@ mod tests {
         assert_eq!(s.patient_ids().len(), 3);
         let obs = &s.entries("Observation")[0];
         assert!(obs.patient.is_some());
-        assert!(obs.last_updated_ms > 1_577_836_800_000);
+        assert!(obs.last_updated_ms >= 1_451_606_400_000);
         assert!(obs.category.is_some());
         assert!(s.get("Observation", &obs.id).is_some());
         let imm = &s.entries("Immunization");
         assert!(imm.iter().all(|e| e.patient.is_some()));
+    }
+
+    #[test]
+    fn touch_and_delete() {
+        let mut s = Store::generate(2, 2);
+        let ids = s.touch("Condition", 1, 1_900_000_000_000);
+        let e = s.get("Condition", &ids[0]).unwrap();
+        let v: Value = serde_json::from_slice(&e.line).unwrap();
+        assert_eq!(v["meta"]["lastUpdated"], "2030-03-17T17:46:40.000Z");
+        assert_eq!(e.last_updated_ms, 1_900_000_000_000);
+        let before = s.counts()["Condition"];
+        assert!(s.delete("Condition", &ids[0], 1));
+        assert!(!s.delete("Condition", &ids[0], 2), "already gone");
+        assert_eq!(s.counts()["Condition"], before - 1);
     }
 
     #[test]

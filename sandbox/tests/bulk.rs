@@ -818,3 +818,100 @@ async fn type_filter_narrows_the_export() {
     assert_eq!(bad.status(), 400);
     sb.shutdown().await;
 }
+
+#[tokio::test]
+async fn incremental_export_sees_updates_and_deletions() {
+    let sb = sandbox("").await;
+    let c = http();
+    let tok = token(&sb, "system/*.read").await;
+    let r = kickoff(&sb, &tok, "?_type=Condition,Patient").await;
+    let (_, first) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let since = first["transactionTime"].as_str().unwrap().to_owned();
+    let cond_url = first["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["type"] == "Condition")
+        .unwrap()["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let before = c
+        .get(&cond_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+
+    let touched = sb.touch_resources("Condition", 3);
+    assert_eq!(touched.len(), 3);
+    let gone_patient = sb.patient_ids()[4].clone();
+    assert!(sb.delete_resource("Patient", &gone_patient));
+    assert!(!sb.delete_resource("Patient", "no-such-id"));
+
+    // The first job's files are a snapshot.
+    let after = c
+        .get(&cond_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(before, after);
+
+    let r = kickoff(
+        &sb,
+        &tok,
+        &format!("?_type=Condition,Patient&_since={since}"),
+    )
+    .await;
+    let (_, second) = poll(&sb, &tok, r.headers()["content-location"].to_str().unwrap()).await;
+    let output = second["output"].as_array().unwrap();
+    assert_eq!(output.len(), 1, "{second}");
+    assert_eq!(output[0]["type"], "Condition");
+    assert_eq!(output[0]["count"], 3);
+    let body = c
+        .get(output[0]["url"].as_str().unwrap())
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in body.lines() {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(touched.contains(&v["id"].as_str().unwrap().to_owned()));
+        assert!(v["meta"]["lastUpdated"].as_str().unwrap() >= since.as_str());
+    }
+    let deleted_url = second["deleted"][0]["url"].as_str().unwrap();
+    let deleted = c
+        .get(deleted_url)
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let bundle: Value = serde_json::from_str(deleted.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        bundle["entry"][0]["request"]["url"],
+        format!("Patient/{gone_patient}")
+    );
+
+    let read = c
+        .get(format!("{}/Patient/{gone_patient}", sb.base_url()))
+        .bearer_auth(&tok)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 410);
+    assert_eq!(sb.patient_ids().len(), 4);
+    sb.shutdown().await;
+}
