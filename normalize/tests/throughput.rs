@@ -38,7 +38,6 @@ fn parse_vs_view_cost() {
         .map(|p| CompiledView::from_json_slice(&fs::read(p).unwrap()).unwrap())
         .collect();
     let mut builders: Vec<_> = views.iter().map(CompiledView::builder).collect();
-    let bytes: usize = lines.iter().map(Vec::len).sum();
     let (mut parse, mut eval) = (Duration::ZERO, Duration::ZERO);
     let mut rows = 0;
     let mut per_view = vec![Duration::ZERO; views.len()];
@@ -48,7 +47,21 @@ fn parse_vs_view_cost() {
     // to get the view cost on a loaded machine.
     let skip_views = std::env::var_os("SKIP_VIEWS").is_some();
     let mut buf = Vec::new();
-    for _ in 0..3 {
+    // ROUNDS and LIMIT shrink the run for instruction counting under callgrind.
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    if let Some(limit) = std::env::var("LIMIT")
+        .ok()
+        .and_then(|l| l.parse::<usize>().ok())
+    {
+        // Keep a mix of resource types: every n-th line.
+        let step = (lines.len() / limit).max(1);
+        lines = lines.into_iter().step_by(step).collect();
+    }
+    let bytes: usize = lines.iter().map(Vec::len).sum();
+    for _ in 0..rounds {
         for l in &lines {
             buf.clear();
             buf.extend_from_slice(l);
@@ -75,7 +88,7 @@ fn parse_vs_view_cost() {
             b.finish();
         }
     }
-    let mb = 3.0 * bytes as f64 / 1e6;
+    let mb = rounds as f64 * bytes as f64 / 1e6;
     eprintln!(
         "{} resources x3, {mb:.1} MB, {rows} rows: parse {:?} ({:.0} MB/s), {} views {:?} (ratio {:.2})",
         lines.len(),

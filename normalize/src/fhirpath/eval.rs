@@ -200,7 +200,94 @@ const FHIR_TYPES: &[&str] = &[
 ];
 
 /// Pushes the items `obj.name` names (expanding arrays, resolving choice types).
-fn navigate<'a>(obj: &'a Value<'a>, name: &str, under: Option<&str>, out: &mut Vec<Item<'a>>) {
+/// FHIR R4 elements whose name ends in `[x]` (choice types), by base name. Only these are
+/// resolved through a type suffix when navigated bare (`value` → `valueQuantity`);
+/// `name.ofType(T)` looks up `nameT` directly and needs no entry here.
+const CHOICE_NAMES: &[&str] = &[
+    "abatement",
+    "additive",
+    "age",
+    "allowed",
+    "amount",
+    "answer",
+    "asNeeded",
+    "author",
+    "born",
+    "bounds",
+    "chargeItem",
+    "characteristic",
+    "code",
+    "collected",
+    "content",
+    "created",
+    "deceased",
+    "defaultValue",
+    "definingSubstance",
+    "definition",
+    "detail",
+    "diagnosis",
+    "dose",
+    "doseNumber",
+    "due",
+    "effective",
+    "entity",
+    "event",
+    "fastingStatus",
+    "fixed",
+    "identified",
+    "indication",
+    "item",
+    "legallyBinding",
+    "location",
+    "maxValue",
+    "medication",
+    "minValue",
+    "minimumVolume",
+    "module",
+    "multipleBirth",
+    "occurred",
+    "occurrence",
+    "offset",
+    "onset",
+    "participantEffective",
+    "pattern",
+    "performed",
+    "probability",
+    "procedure",
+    "product",
+    "quantity",
+    "rate",
+    "reported",
+    "scheduled",
+    "serviced",
+    "seriesDoses",
+    "source",
+    "start",
+    "statusReason",
+    "studyEffective",
+    "subject",
+    "substance",
+    "target",
+    "time",
+    "timing",
+    "topic",
+    "used",
+    "value",
+    "when",
+];
+
+/// Is `name` the base name of an R4 choice element?
+pub(crate) fn is_choice_name(name: &str) -> bool {
+    CHOICE_NAMES.contains(&name)
+}
+
+fn navigate<'a>(
+    obj: &'a Value<'a>,
+    name: &str,
+    under: Option<&str>,
+    choice: bool,
+    out: &mut Vec<Item<'a>>,
+) {
     let Value::Object(map) = obj else { return };
     if let Some(v) = map.get(name) {
         let ext = under.and_then(|u| map.get(u));
@@ -213,6 +300,9 @@ fn navigate<'a>(obj: &'a Value<'a>, name: &str, under: Option<&str>, out: &mut V
             push_value(&NULL, None, Some(ext), out);
             return;
         }
+    }
+    if !choice {
+        return;
     }
     // Choice type: `value` finds `valueQuantity`. Misses are common (optional fields), so
     // cheap byte checks come before any string comparison.
@@ -364,7 +454,7 @@ fn compare(a: &Item<'_>, b: &Item<'_>) -> Option<Ordering> {
 
 /// Does `it` have the named type? See the module docs for the model-free rules.
 pub(crate) fn is_type(it: &Item<'_>, t: &str) -> bool {
-    let t = t.rsplit('.').next().unwrap_or(t);
+    // `t` is a bare type name: the parser keeps only the last part of `FHIR.Quantity`.
     let same = |a: &str| {
         let (mut x, mut y) = (a.chars(), t.chars());
         match (x.next(), y.next()) {
@@ -571,6 +661,7 @@ fn member_step<'a>(
     name: &str,
     type_prefix: bool,
     under: Option<&str>,
+    choice: bool,
     out: &mut Vec<Item<'a>>,
 ) {
     let Item::Node { v, ext, .. } = it else {
@@ -585,8 +676,8 @@ fn member_step<'a>(
         }
     }
     match (v, ext) {
-        (Value::Object(_), _) => navigate(v, name, under, out),
-        (_, Some(x)) => navigate(x, name, under, out),
+        (Value::Object(_), _) => navigate(v, name, under, choice, out),
+        (_, Some(x)) => navigate(x, name, under, choice, out),
         _ => {}
     }
 }
@@ -626,9 +717,10 @@ fn nav_step<'a>(step: &'a Step, src: &[Item<'a>], dst: &mut Vec<Item<'a>>) -> bo
             name,
             type_prefix,
             under,
+            choice,
         } => {
             for it in src {
-                member_step(it, name, *type_prefix, under.as_deref(), dst);
+                member_step(it, name, *type_prefix, under.as_deref(), *choice, dst);
             }
             true
         }
@@ -671,10 +763,11 @@ fn eval_path<'a>(
                 name,
                 type_prefix,
                 under,
+                choice,
             } => {
                 for i in base..end {
                     let it = out[i].clone();
-                    member_step(&it, name, *type_prefix, under.as_deref(), out);
+                    member_step(&it, name, *type_prefix, under.as_deref(), *choice, out);
                 }
                 out.drain(base..end);
             }
@@ -752,7 +845,7 @@ pub(crate) fn eval<'a>(
         } => {
             let under = under.as_deref();
             let step = |it: &Item<'a>, out: &mut Vec<Item<'a>>| {
-                member_step(it, name, *type_prefix, under, out)
+                member_step(it, name, *type_prefix, under, is_choice_name(name), out)
             };
             if matches!(**base, Expr::This) {
                 for it in this {

@@ -9,7 +9,7 @@
 //!
 //! | area | supported |
 //! |---|---|
-//! | navigation | `a.b.c`, `Patient.name` (leading resource type), choice types (`value` finds `valueQuantity`, `valueString`, ...), `$this`, indexers `x[n]` |
+//! | navigation | `a.b.c`, `Patient.name` (leading resource type), choice types (`value.ofType(Quantity)` reads `valueQuantity`; a bare `value` finds whichever `value<Type>` is present, for the R4 choice elements listed in `CHOICE_NAMES`), `$this`, indexers `x[n]` |
 //! | literals | `true`/`false`, `'string'` (with escapes), integers, decimals, `@2020-01-01`, `@2020-01-01T10:00`, `@T10:00`, `{}` |
 //! | environment | `%constant` (view constants), `%rowIndex`, `%resource`/`%rootResource`/`%context`, `%sct`, `%loinc`, `%ucum` |
 //! | boolean logic | `and`, `or`, `xor`, `implies`, `not()` with three-valued (empty = unknown) semantics |
@@ -185,6 +185,9 @@ pub(crate) enum Step {
         name: String,
         type_prefix: bool,
         under: Option<String>,
+        /// `name` is an R4 choice element ([`eval::is_choice_name`]): a miss scans for
+        /// `name<Type>` keys.
+        choice: bool,
     },
     /// `.name.ofType(T)` fused: looks up `nameT` directly (the choice-type key, e.g.
     /// `valueQuantity`), falling back to `name` filtered by type. Saves the scan over the
@@ -231,6 +234,7 @@ fn flatten(e: Expr, steps: &mut Vec<Step>) -> Expr {
         } => {
             let start = flatten(*base, steps);
             steps.push(Step::Field {
+                choice: eval::is_choice_name(&name),
                 name,
                 type_prefix,
                 under,
@@ -249,6 +253,7 @@ fn flatten(e: Expr, steps: &mut Vec<Step>) -> Expr {
                     name,
                     type_prefix: false,
                     under: None,
+                    ..
                 }) => {
                     let mut cap = t.chars();
                     let key = cap

@@ -809,7 +809,9 @@ fn type_arg(e: Option<Expr>) -> Option<String> {
             Expr::Member { base: inner, .. } if matches!(*inner, Expr::This) => Some(name),
             _ => None,
         },
-        Expr::Literal(Literal::Str(s, StrKind::String)) => Some(s),
+        Expr::Literal(Literal::Str(s, StrKind::String)) => {
+            Some(s.rsplit('.').next().unwrap_or(&s).to_owned())
+        }
         _ => None,
     }
 }
@@ -902,5 +904,91 @@ mod tests {
         assert!(parse(&deep, &NoEnv).is_err());
         let deep_neg = "-".repeat(10_000) + "1";
         assert!(parse(&deep_neg, &NoEnv).is_err());
+        let long_chain = "a".to_owned() + &".b".repeat(10_000);
+        assert!(parse(&long_chain, &NoEnv).is_err());
+        let long_sum = "1".to_owned() + &"+1".repeat(10_000);
+        assert!(parse(&long_sum, &NoEnv).is_err());
+    }
+
+    /// Token soup and random bytes: the parser must return, never panic.
+    #[test]
+    fn random_inputs_never_panic() {
+        const PIECES: &[&str] = &[
+            "name",
+            ".",
+            "where(",
+            ")",
+            "(",
+            "[",
+            "]",
+            "0",
+            "1.5",
+            "'x'",
+            "'",
+            "`a`",
+            "%c",
+            "%",
+            "$this",
+            "$",
+            "and",
+            "or",
+            "=",
+            "!=",
+            "<=",
+            "+",
+            "-",
+            "*",
+            "/",
+            "&",
+            "|",
+            "ofType(",
+            "Quantity",
+            "first()",
+            "exists(",
+            ",",
+            "@2020-01",
+            "@T12:00",
+            "@",
+            "{}",
+            "{",
+            "}",
+            "join(",
+            "extension(",
+            "getReferenceKey(",
+            "is",
+            "as",
+            "div",
+            "mod",
+            "implies",
+            " ",
+            "\\",
+            "/*",
+            "*/",
+            "//",
+            "\\u12",
+            "é",
+            "\u{0}",
+            "\\u00e9",
+            "\\",
+        ];
+        let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let n = (next() % 12) as usize;
+            let mut src = String::new();
+            for _ in 0..n {
+                src.push_str(PIECES[(next() % PIECES.len() as u64) as usize]);
+            }
+            let _ = parse(&src, &NoEnv);
+            let bytes: Vec<u8> = (0..(next() % 16)).map(|_| (next() % 128) as u8).collect();
+            if let Ok(s) = std::str::from_utf8(&bytes) {
+                let _ = parse(s, &NoEnv);
+            }
+        }
     }
 }

@@ -218,7 +218,7 @@ fn split_tz(s: &str) -> (&str, Option<&str>) {
     if let Some(rest) = s.strip_suffix('Z') {
         return (rest, Some("Z"));
     }
-    if s.len() > 6 {
+    if s.len() > 6 && s.is_char_boundary(s.len() - 6) {
         let (a, b) = s.split_at(s.len() - 6);
         if (b.starts_with('+') || b.starts_with('-')) && b.as_bytes().get(3) == Some(&b':') {
             return (a, Some(b));
@@ -377,5 +377,7 @@ mod tests {
         );
         assert_eq!(parse_instant_micros("2015-02-07"), None);
         assert_eq!(parse_instant_micros("2015-02-07T13:28:17"), None);
+        assert_eq!(parse_instant_micros("2015-02-07T13:28:1é+00:00"), None);
+        assert_eq!(datetime_boundary("2015-02-07T1é:00", false), None);
     }
 }

@@ -12,7 +12,9 @@ use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
-use crate::fhirpath::eval::{eval, prim, to_strict_bool, Buf, Env, FpError, Item, Prim};
+use std::cell::RefCell;
+
+use crate::fhirpath::eval::{eval, prim, relabel, to_strict_bool, Buf, Env, FpError, Item, Prim};
 use crate::fhirpath::temporal;
 
 /// Deepest `repeat` recursion followed before the resource is rejected.
@@ -37,19 +39,43 @@ pub(crate) struct Frag<'a> {
     pub(crate) cells: Vec<Cell<'a>>,
 }
 
+thread_local! {
+    /// Recycled cell vectors for intermediate fragments (nested selects, unions).
+    static CELL_POOL: RefCell<Vec<Vec<Cell<'static>>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_cells<'a>() -> Vec<Cell<'a>> {
+    relabel(CELL_POOL.with(|p| p.borrow_mut().pop()).unwrap_or_default())
+}
+
+fn give_cells(v: Vec<Cell<'_>>) {
+    if v.capacity() == 0 || v.capacity() > 4096 {
+        return;
+    }
+    let v: Vec<Cell<'static>> = relabel(v);
+    CELL_POOL.with(|p| {
+        let mut p = p.borrow_mut();
+        if p.len() < 32 {
+            p.push(v);
+        }
+    });
+}
+
 impl<'a> Frag<'a> {
-    pub(crate) const fn new(width: usize) -> Self {
+    pub(crate) fn new(width: usize) -> Self {
         Frag {
             width,
             rows: 0,
-            cells: Vec::new(),
+            cells: take_cells(),
         }
     }
 
     fn append(&mut self, other: Frag<'a>) {
         debug_assert_eq!(self.width, other.width);
         self.rows += other.rows;
-        self.cells.extend(other.cells);
+        let mut cells = other.cells;
+        self.cells.append(&mut cells);
+        give_cells(cells);
     }
 
     fn push_nulls(&mut self) {
@@ -69,7 +95,8 @@ fn cross<'a>(a: Frag<'a>, b: Frag<'a>) -> Frag<'a> {
     }
     let width = a.width + b.width;
     let rows = a.rows * b.rows;
-    let mut cells = Vec::with_capacity(rows * width);
+    let mut cells = take_cells();
+    cells.reserve(rows * width);
     for ra in 0..a.rows {
         let left = &a.cells[ra * a.width..(ra + 1) * a.width];
         for rb in 0..b.rows {
@@ -77,6 +104,8 @@ fn cross<'a>(a: Frag<'a>, b: Frag<'a>) -> Frag<'a> {
             cells.extend_from_slice(&b.cells[rb * b.width..(rb + 1) * b.width]);
         }
     }
+    give_cells(a.cells);
+    give_cells(b.cells);
     Frag { width, rows, cells }
 }
 
@@ -219,11 +248,12 @@ fn body<'a>(
         return select(&plan.selects[0], env, item, out);
     }
     // Iterating parts first: when one yields no row, the columns need no evaluation.
-    let mut parts: Vec<Frag<'a>> = Vec::with_capacity(plan.selects.len() + 1);
+    let mut parts: Vec<Frag<'a>> = Vec::new();
     for s in &plan.selects {
         let mut f = Frag::new(s.width);
         select(s, env, item, &mut f)?;
         if f.rows == 0 {
+            give_cells(f.cells);
             return Ok(());
         }
         parts.push(f);
@@ -234,6 +264,7 @@ fn body<'a>(
             select(u, env, item, &mut f)?;
         }
         if f.rows == 0 {
+            give_cells(f.cells);
             return Ok(());
         }
         parts.push(f);
@@ -244,7 +275,7 @@ fn body<'a>(
         cells: Vec::new(),
     };
     if !plan.columns.is_empty() {
-        let mut cells = Vec::with_capacity(plan.columns.len());
+        let mut cells = take_cells();
         let mut tmp = Buf::take();
         for c in &plan.columns {
             tmp.clear();
