@@ -263,7 +263,7 @@ fn reference(o: &mut String, field: &str, ty: &str, id: &str) {
 const MALE: &[&str] = &[
     "James", "John", "Robert", "Michael", "William", "David", "Richard", "Joseph", "Thomas",
     "Charles", "Daniel", "Matthew", "Anthony", "Mark", "Luis", "Hiroshi", "Ahmed", "Kwame", "Ivan",
-    "Mateo",
+    "Mateo", "José", "Søren", "Łukasz",
 ];
 const FEMALE: &[&str] = &[
     "Mary",
@@ -286,8 +286,15 @@ const FEMALE: &[&str] = &[
     "Olga",
     "Camila",
     "Priya",
+    "Zoë",
+    "Anaïs",
 ];
+// Non-ASCII names (and an apostrophe) on purpose: real exports carry them, and every
+// consumer from the NDJSON framer to the Parquet writer must keep them intact.
 const FAMILY: &[&str] = &[
+    "Muñoz",
+    "Müller",
+    "Nguyễn",
     "Smith",
     "Johnson",
     "Williams",
@@ -602,7 +609,7 @@ fn practitioner(o: &mut String, r: &mut SplitMix64, id: &str) {
         r#","identifier":[{{"system":"http://hl7.org/fhir/sid/us-npi","value":"{}"}}],"active":true,"name":[{{"use":"official","family":"{}","given":["{given}"],"prefix":["Dr."]}}],"telecom":[{{"system":"email","value":"{}@example.org","use":"work"}}],"gender":"{}"}}"#,
         1_000_000_000 + r.below(999_999_999),
         r.pick(FAMILY),
-        given.to_lowercase(),
+        ascii_lower(given),
         if female { "female" } else { "male" }
     );
 }
@@ -757,8 +764,8 @@ fn patient(o: &mut String, r: &mut SplitMix64, sh: &Shared, id: &str, index: u64
         o,
         r#"],"telecom":[{{"system":"phone","value":"{}","use":"home"}},{{"system":"email","value":"{}.{}{}@example.com","use":"home"}}],"gender":"{}","birthDate":"{}","#,
         phone(r),
-        given1.to_lowercase(),
-        family.to_lowercase().replace('\'', ""),
+        ascii_lower(given1),
+        ascii_lower(family),
         r.below(100),
         if female { "female" } else { "male" },
         fmt_date(birth_days)
@@ -1037,6 +1044,22 @@ fn diagnostic_report(
     o.push_str("]}");
 }
 
+/// Lowercase ASCII letters only, for e-mail local parts ("Muñoz" -> "muoz").
+fn ascii_lower(s: &str) -> String {
+    s.chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+/// Free-text notes, already JSON-escaped: quotes, a newline, a tab, non-ASCII and an
+/// escaped non-BMP character, as clinicians' notes have.
+const NOTES: &[&str] = &[
+    r#"Patient reports \"intermittent\" symptoms.\nReview in 2 weeks."#,
+    r#"Prefers español; interpreter requested.\tFamily present."#,
+    r#"Pain 3/10 \u2014 improving \ud83d\ude42"#,
+];
+
 fn condition(o: &mut String, r: &mut SplitMix64, c: &Ctx<'_>) {
     let id = uuid(r);
     let (code, display) = *r.pick(CONDITIONS);
@@ -1068,6 +1091,9 @@ fn condition(o: &mut String, r: &mut SplitMix64, c: &Ctx<'_>) {
             r#""abatementDateTime":"{}","#,
             fmt_datetime(c.when + r.range(3, 60) * 86_400)
         );
+    }
+    if r.chance(0.15) {
+        w!(o, r#""note":[{{"text":"{}"}}],"#, r.pick(NOTES));
     }
     w!(o, r#""recordedDate":"{}"}}"#, fmt_datetime(c.when));
 }

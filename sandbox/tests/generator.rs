@@ -47,10 +47,16 @@ fn realistic_shapes() {
     let mut patients = Vec::new();
     let mut bp = None;
     let mut value_kinds = std::collections::BTreeSet::new();
+    let mut notes = Vec::new();
     Generator::new(5).for_each_resource(30, |ty, line| {
         let v: Value = serde_json::from_slice(line).unwrap();
         match ty {
             "Patient" => patients.push(v),
+            "Condition" => {
+                if let Some(t) = v["note"][0]["text"].as_str() {
+                    notes.push(t.to_owned());
+                }
+            }
             "Observation" => {
                 for k in [
                     "valueQuantity",
@@ -70,6 +76,20 @@ fn realistic_shapes() {
             _ => {}
         }
     });
+    assert!(
+        notes.iter().any(|n| n.contains('\n')),
+        "escaped newlines in notes"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains('🙂')),
+        "surrogate-pair escapes in notes"
+    );
+    assert!(
+        patients
+            .iter()
+            .any(|p| !p["name"][0]["family"].as_str().unwrap().is_ascii()),
+        "non-ASCII names"
+    );
     let p = &patients[0];
     assert_eq!(p["name"][0]["given"].as_array().unwrap().len(), 2);
     assert!(p["identifier"].to_string().contains("us-ssn"));
