@@ -757,7 +757,7 @@ fn patient(o: &mut String, r: &mut SplitMix64, sh: &Shared, id: &str, index: u64
         w!(
             o,
             r#",{{"use":"nickname","given":["{}"]}}"#,
-            &given1[..given1.len().min(3)]
+            given1.chars().take(3).collect::<String>()
         );
     }
     w!(
@@ -1196,7 +1196,8 @@ mod tests {
     #[test]
     fn every_line_is_valid_json_with_id_and_meta() {
         let mut seen = std::collections::BTreeSet::new();
-        Generator::new(3).for_each_resource(20, |ty, line| {
+        // Enough patients to hit every vocabulary entry (e.g. multi-byte names).
+        Generator::new(3).for_each_resource(400, |ty, line| {
             let v: serde_json::Value = serde_json::from_slice(line)
                 .unwrap_or_else(|e| panic!("{ty}: {e}: {}", String::from_utf8_lossy(line)));
             assert_eq!(v["resourceType"], ty);
