@@ -69,6 +69,43 @@
 //! `fhir.type`.
 //!
 //! See [`fhirpath`] for the supported FHIRPath subset.
+//!
+//! # Conformance
+//!
+//! The engine passes every test of the SQL-on-FHIR v2 suite vendored under
+//! `tests/data/sql-on-fhir-v2/upstream-sql-on-fhir.js/` (144 tests in `tests/` and the 7
+//! of `newer-indexed/`, shareable and experimental), checked by
+//! `normalize/tests/conformance.rs` through [`conformance::run_dir`], which evaluates via
+//! the Arrow builders.
+//!
+//! # Canonical views (`schemas/views/`)
+//!
+//! Conventions every canonical view follows:
+//! - `url`, `name` (the table name, equal to the file name), `status: active`,
+//!   `fhirVersion: ["4.0.1"]`, and a `type` on every column;
+//! - the first column is `id` = `getResourceKey()`; references are keys too
+//!   (`patient_id` = `subject.getReferenceKey(Patient)`), so tables join on
+//!   `x.patient_id = patient.id`;
+//! - one row per resource for the main views (`patient`, `encounter`, `observation`, ...),
+//!   one row per repeating element for child views (`patient_name`, `patient_address`,
+//!   `observation_component`, ...), with a `<element>_index` column from `%rowIndex`;
+//! - a CodeableConcept is flattened in the main view to its **first** coding
+//!   (`<element>_system`, `_code`, `_display`) plus `_text`. Every coding is kept in the
+//!   resource's `<resource>_coding` view: one row per Coding of the flattened
+//!   CodeableConcepts, with `resource_type`, `element` (the FHIRPath it came from, e.g.
+//!   `value.ofType(CodeableConcept)`), `element_index`, `coding_index`, `system`, `code`,
+//!   `display`. A view cannot union across resource types, so there is one coding view per
+//!   resource type; all share one schema and can be `UNION ALL`-ed into a single table.
+//!
+//! # Performance
+//!
+//! `normalize/tests/throughput.rs` (ignored; run in release) compares simd-json parse time
+//! with view evaluation over the developer corpus. Per resource, a view costs roughly one
+//! small-map lookup per path step plus the Arrow append. Measured in instructions
+//! (callgrind, release build): the widest canonical view (`observation`, 42 columns)
+//! costs about twice the simd-json parse of an Observation, `observation_coding` about
+//! 1.2x and narrow views (`encounter`, `patient_*`) a small fraction. Resources of other
+//! types cost one `resourceType` comparison.
 
 pub mod conformance;
 pub mod fhirpath;

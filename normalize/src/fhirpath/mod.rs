@@ -1,9 +1,9 @@
 //! The FHIRPath subset used by SQL-on-FHIR v2 views, evaluated directly over
 //! [`simd_json::BorrowedValue`] trees.
 //!
-//! Expressions are parsed and compiled once per view ([`parse::parse`] plus
-//! [`compile_expr`]); evaluation borrows strings and nodes from the resource and never
-//! round-trips through `serde_json::Value`.
+//! Expressions are parsed and compiled once per view, when the view is compiled;
+//! evaluation borrows strings and nodes from the resource and never round-trips through
+//! `serde_json::Value`.
 //!
 //! # Supported subset
 //!
@@ -35,6 +35,26 @@
 //! `birthDate.extension(url)` and `birthDate.id` read FHIR's JSON split representation
 //! (`_birthDate`). The sibling `_name` element is only looked up when the compiled
 //! expression needs it, so ordinary navigation pays nothing for it.
+//!
+//! # Comparison semantics and known gaps
+//!
+//! - Numbers compare by value (integers exactly, decimals as `f64`). Strings, and
+//!   date/dateTime/time values, compare lexically: equal-precision values in the same
+//!   offset compare correctly, but `2020-01-01T10:00+01:00 = 2020-01-01T09:00Z` is false and
+//!   a comparison across precisions is not "empty" as FHIRPath specifies.
+//! - Equality on collections is pairwise and ordered; `~` ignores case and whitespace for
+//!   strings only.
+//! - Decimal precision is whatever survives simd-json's `f64` parse (see the crate docs);
+//!   `lowBoundary()`/`highBoundary()` on decimals use the digits of the shortest
+//!   round-trip text, with at least one fractional digit (`1.0` → `0.95`/`1.05`).
+//!
+//! # Evaluation strategy
+//!
+//! Navigation chains (`a.b.ofType(T).first()[0].where(...)`) are flattened at compile time
+//! into a step list evaluated in place at the tail of the output collection, with
+//! `name.ofType(T)` fused into a direct lookup of the `nameT` key. Temporary collections
+//! come from a per-thread pool of recycled vectors, so steady-state evaluation allocates
+//! only for computed strings.
 //!
 //! # Keys
 //!
