@@ -20,17 +20,19 @@
 //! types the token may not read are silently left out; an explicit `_type` the token may
 //! not read is a 403. `_typeFilter=Type?search` applies the search parameters the
 //! sandbox's search supports (`_id`, `patient`, `category`, `_lastUpdated`; others are
-//! ignored). `_elements` and `includeAssociatedData` are accepted and ignored.
+//! ignored). `_elements` and `includeAssociatedData` are accepted and ignored. With
+//! `_since`, the manifest's `deleted` file lists (as transaction Bundles of DELETE entries)
+//! the selected types' resources deleted at or after `_since`
+//! (`RunningSandbox::delete_resource`); the `deleted` fault adds synthetic ones.
 //!
 //! Files (`/files/{job}/{n}.ndjson`) are NDJSON, gzip-encoded when the client sends
 //! `Accept-Encoding: gzip` and no `Range`. `Range: bytes=a-b`, `a-` and `-n` answer 206
 //! with `Content-Range`; `If-Range` with a stale validator answers 200 with the whole
 //! file; an unsatisfiable range is 416. `ETag` and `Last-Modified` are stable per file.
 
+use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use tokio::time::Instant;
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -38,7 +40,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use sha2::{Digest as _, Sha256};
-use std::io::Write as _;
+use tokio::time::Instant;
 
 use crate::faults::FaultSpec;
 use crate::scopes;

@@ -285,6 +285,12 @@ impl RunningSandbox {
         self.shared.base_url.clone()
     }
 
+    /// Origin of the FHIR listener, e.g. `http://127.0.0.1:PORT` (export file URLs and the
+    /// authorization endpoints live here, outside the FHIR base).
+    pub fn fhir_origin(&self) -> String {
+        self.shared.origin.clone()
+    }
+
     /// Token endpoint URL (also the `aud` client assertions must carry).
     pub fn token_url(&self) -> String {
         self.shared.token_url.clone()
