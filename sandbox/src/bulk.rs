@@ -367,7 +367,7 @@ pub(crate) fn kickoff(sh: &Shared, r: &Req, level: Level<'_>) -> Response {
             polls: 0,
             files: files.into_iter().map(Arc::new).collect(),
             fail: spec.export_error,
-            requires_token: sh.cfg.require_access_token,
+            requires_token: sh.cfg.require_access_token && sh.cfg.require_auth,
             v4: spec.bulk_v4,
         },
     );

@@ -163,7 +163,7 @@ pub struct SandboxConfig {
     #[serde(deserialize_with = "de_duration")]
     pub token_lifetime: Duration,
     /// Export manifests say `requiresAccessToken: true` and file downloads on the FHIR
-    /// origin demand a valid token.
+    /// origin demand a valid token (only when `require_auth` is also set).
     pub require_access_token: bool,
     /// FHIR requests demand a bearer token. When false, requests without a token get full
     /// access (a token, if sent, is still checked).
