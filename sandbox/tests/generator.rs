@@ -136,6 +136,37 @@ async fn serves_ndjson_and_gzip_directories() {
     .await
     .unwrap();
     assert!(!sb.patient_ids().is_empty());
+
+    // A full system export of the corpus returns every resource it holds.
+    let c = common::http();
+    let r = c
+        .get(format!("{}/$export", sb.base_url()))
+        .header("Prefer", "respond-async")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let status_url = r.headers()["content-location"].to_str().unwrap().to_owned();
+    let mut manifest = Value::Null;
+    for _ in 0..5 {
+        let r = c.get(&status_url).send().await.unwrap();
+        if r.status() == 200 {
+            manifest = r.json().await.unwrap();
+            break;
+        }
+    }
+    assert_eq!(
+        manifest["requiresAccessToken"], false,
+        "no auth, no token needed"
+    );
+    let exported: u64 = manifest["output"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["count"].as_u64().unwrap())
+        .sum();
+    let held: usize = sb.resource_counts().values().sum();
+    assert_eq!(exported as usize, held);
     sb.shutdown().await;
 }
 
