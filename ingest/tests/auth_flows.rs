@@ -825,3 +825,36 @@ async fn discovery_falls_back_to_the_capability_statement() {
         .unwrap_err();
     assert_eq!(err.kind(), AuthErrorKind::Config);
 }
+
+#[tokio::test]
+async fn explicit_flow_selection() {
+    let srv = smart_server(
+        |_, n| ok_token(&format!("at-{n}"), 300, "system/*.rs"),
+        not_found,
+    )
+    .await;
+    let clock = ManualClock::starting_now();
+    let secret = ClientAuthConfig::ClientSecretPost {
+        secret: Secret::new("s"),
+    };
+    // A confidential App Launch client with no stored grant must log in first.
+    let mut cfg = AuthConfig::new(srv.url("fhir"), "c", "patient/*.rs", secret);
+    cfg.flow = fhirhose_ingest::auth::AuthFlow::AppLaunch;
+    let err = Authorizer::build(&cfg, &http(&clock), Arc::new(MemoryAuditSink::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::NeedsReauthorization);
+    assert_eq!(srv.count_path("/token"), 0);
+    // Backend services cannot use a public client.
+    let mut cfg = AuthConfig::new(
+        srv.url("fhir"),
+        "c",
+        "system/*.rs",
+        ClientAuthConfig::Public,
+    );
+    cfg.flow = fhirhose_ingest::auth::AuthFlow::BackendServices;
+    let err = Authorizer::build(&cfg, &http(&clock), Arc::new(MemoryAuditSink::new()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), AuthErrorKind::Config);
+}

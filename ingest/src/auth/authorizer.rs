@@ -28,9 +28,9 @@ use uuid::Uuid;
 use super::audit::{AuditSink, AuthEvent, AuthEventKind, AuthOutcome};
 use super::client_credentials::assertion_fields;
 use super::client_secret::{basic_header, post_fields};
-use super::config::{AuthConfig, ClientAuthConfig};
+use super::config::{AuthConfig, AuthFlow, ClientAuthConfig};
 use super::discovery::{discover, SmartConfiguration};
-use super::error::{AuthError, AuthErrorKind, ScopeDenied};
+use super::error::{sanitize_server_text, AuthError, AuthErrorKind, ScopeDenied};
 use super::keys::{replace_private, SigningKey};
 use super::scopes::{ExportTypes, ScopeSet};
 use super::token::{CacheKey, LaunchContext, Slot, Token, TokenCache, TokenResponse};
@@ -98,7 +98,8 @@ struct StoredGrant {
     fhir_base: Url,
     scopes: String,
     context: LaunchContext,
-    refresh_token: Secret,
+    /// Written in clear on purpose (this file is the credential store, mode 0600).
+    refresh_token: String,
 }
 
 struct Inner {
@@ -184,7 +185,17 @@ impl Authorizer {
             Some(p) if p.exists() => Some(read_stored(p)?),
             _ => None,
         };
-        let mode = if stored.is_some() || matches!(client_auth, ClientAuth::Public) {
+        let app_launch = match cfg.flow {
+            AuthFlow::BackendServices => false,
+            AuthFlow::AppLaunch => true,
+            AuthFlow::Auto => stored.is_some() || matches!(client_auth, ClientAuth::Public),
+        };
+        if cfg.flow == AuthFlow::BackendServices && matches!(client_auth, ClientAuth::Public) {
+            return Err(AuthError::Config {
+                reason: "backend services need private_key_jwt or a client secret".into(),
+            });
+        }
+        let mode = if app_launch {
             Mode::RefreshToken
         } else {
             Mode::ClientCredentials
@@ -206,7 +217,7 @@ impl Authorizer {
                 let token = Token {
                     access: Secret::new(String::new()),
                     expires_at: Some(time::OffsetDateTime::UNIX_EPOCH),
-                    refresh: Some(st.refresh_token),
+                    refresh: Some(Secret::new(st.refresh_token)),
                     granted: ScopeSet::parse(&st.scopes),
                     context: st.context.clone(),
                     event_id: Uuid::nil(),
@@ -545,7 +556,7 @@ impl Authorizer {
             fhir_base: self.inner.cfg.fhir_base.clone(),
             scopes: token.granted.to_string(),
             context: token.context.clone(),
-            refresh_token: refresh.clone(),
+            refresh_token: refresh.expose().to_owned(),
         };
         let bytes = serde_json::to_vec_pretty(&stored).map_err(|e| AuthError::Config {
             reason: format!("cannot serialize the stored grant: {e}"),
@@ -641,7 +652,7 @@ impl Authorizer {
                         let desc = v
                             .get("error_description")
                             .and_then(Value::as_str)
-                            .map(str::to_owned);
+                            .map(sanitize_server_text);
                         Some((code, desc))
                     });
                 let err = match oauth {

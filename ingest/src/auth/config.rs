@@ -38,6 +38,21 @@ pub enum ClientAuthConfig {
     Public,
 }
 
+/// Which OAuth flow obtains tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum AuthFlow {
+    /// App Launch when the client is public or a stored grant exists, else backend
+    /// services.
+    #[default]
+    Auto,
+    /// `client_credentials` (SMART Backend Services, or a confidential system client).
+    BackendServices,
+    /// Authorization code (via `fhirhose auth login`), then refresh tokens.
+    AppLaunch,
+}
+
 /// Authorization settings for one FHIR server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +67,9 @@ pub struct AuthConfig {
     pub scopes: String,
     /// Client authentication.
     pub client_auth: ClientAuthConfig,
+    /// Which flow obtains tokens. Default `auto`.
+    #[serde(default)]
+    pub flow: AuthFlow,
     /// Token endpoint override; when set, discovery failures are tolerated.
     #[serde(default, with = "super::serde_util::opt_url")]
     pub token_endpoint: Option<Url>,
@@ -100,6 +118,7 @@ impl AuthConfig {
             client_id: client_id.into(),
             scopes: scopes.into(),
             client_auth,
+            flow: AuthFlow::Auto,
             token_endpoint: None,
             refresh_margin: default_refresh_margin(),
             assertion_lifetime: default_assertion_lifetime(),

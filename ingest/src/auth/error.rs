@@ -175,3 +175,66 @@ impl ScopeDenied {
         }
     }
 }
+
+/// Makes server-provided text (an OAuth `error_description`) safe for messages and
+/// logs: at most 200 characters, and any long token-like word (a JWT, an echoed
+/// assertion or secret) replaced by `[redacted]`.
+pub(crate) fn sanitize_server_text(s: &str) -> String {
+    let tokenish = |w: &str| {
+        w.len() >= 24
+            && w.chars().all(|c| {
+                c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~' | '+' | '/' | '=')
+            })
+    };
+    let out: Vec<&str> = s
+        .split_whitespace()
+        .map(|w| if tokenish(w) { "[redacted]" } else { w })
+        .collect();
+    let mut out = out.join(" ");
+    if out.chars().count() > 200 {
+        out = out.chars().take(200).collect::<String>() + "...";
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_text_is_sanitized() {
+        let jwt = "eyJhbGciOiJFUzM4NCJ9.eyJpc3MiOiJjIn0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+        let s = sanitize_server_text(&format!("bad assertion {jwt} for client c1"));
+        assert_eq!(s, "bad assertion [redacted] for client c1");
+        assert!(sanitize_server_text(&"word ".repeat(100)).ends_with("..."));
+    }
+
+    #[test]
+    fn display_is_a_sentence_without_secrets() {
+        let e = AuthError::TokenEndpoint {
+            operation: "token",
+            url: "https://auth.example/token".into(),
+            status: 400,
+            error: "invalid_client".into(),
+            description: Some("unknown kid".into()),
+        };
+        assert_eq!(
+            e.to_string(),
+            "token endpoint https://auth.example/token refused the token request: invalid_client (unknown kid)"
+        );
+        assert_eq!(e.kind(), AuthErrorKind::Rejected);
+        let e = AuthError::TokenEndpoint {
+            operation: "refresh",
+            url: String::new(),
+            status: 400,
+            error: "invalid_grant".into(),
+            description: None,
+        };
+        assert_eq!(e.kind(), AuthErrorKind::NeedsReauthorization);
+        let d = ScopeDenied::new("system/Observation.rs", "$export of Observation");
+        assert_eq!(
+            d.to_string(),
+            "$export of Observation is not covered by the granted scopes: requires system/Observation.rs"
+        );
+    }
+}

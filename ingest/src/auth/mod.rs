@@ -60,7 +60,7 @@ pub use audit::{
 };
 pub use authorizer::{remaining, Authorizer, ContextBearer};
 pub use client_credentials::JWT_BEARER_ASSERTION_TYPE;
-pub use config::{AuthConfig, ClientAuthConfig};
+pub use config::{AuthConfig, AuthFlow, ClientAuthConfig};
 pub use discovery::{discover, SmartConfiguration};
 pub use error::{AuthError, AuthErrorKind, ScopeDenied};
 pub use jwt::{client_assertion, decode_unverified, sign_jws, MAX_ASSERTION_LIFETIME};

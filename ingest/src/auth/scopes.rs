@@ -197,6 +197,7 @@ pub struct ScopeSet {
 
 /// What `_type` an export may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum ExportTypes {
     /// A wildcard read scope: any type, `_type` may be omitted.
     All,

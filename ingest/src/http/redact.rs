@@ -39,8 +39,9 @@ pub fn redact_url(url: &Url) -> String {
 
 /// A credential (access token, refresh token, client secret, assertion, code verifier).
 ///
-/// `Debug` and `Display` print `[redacted]`; the value is reachable only through
-/// [`Secret::expose`], which makes every use greppable.
+/// `Debug`, `Display` and `Serialize` print `[redacted]` (so a configuration can be
+/// shown safely); `Deserialize` reads the real value. The value is reachable only
+/// through [`Secret::expose`], which makes every use greppable.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct Secret(String);
 
@@ -82,7 +83,7 @@ impl fmt::Display for Secret {
 
 impl serde::Serialize for Secret {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.0)
+        s.serialize_str("[redacted]")
     }
 }
 
@@ -112,5 +113,8 @@ mod tests {
         assert_eq!(format!("{s:?}"), "[redacted]");
         assert_eq!(format!("{:?}", Some(s.clone())), "Some([redacted])");
         assert_eq!(s.expose(), "eyJhbGciOi.token");
+        assert_eq!(serde_json::to_string(&s).unwrap(), "\"[redacted]\"");
+        let back: Secret = serde_json::from_str("\"abc\"").unwrap();
+        assert_eq!(back.expose(), "abc");
     }
 }
