@@ -34,11 +34,16 @@ fn parse_vs_view_cost() {
         .collect();
     views.sort();
     // ONLY=a,b restricts the probe to the named views.
-    let only: Option<Vec<String>> = std::env::var("ONLY").ok().map(|o| o.split(',').map(str::to_owned).collect());
+    let only: Option<Vec<String>> = std::env::var("ONLY")
+        .ok()
+        .map(|o| o.split(',').map(str::to_owned).collect());
     let views: Vec<CompiledView> = views
         .iter()
         .map(|p| CompiledView::from_json_slice(&fs::read(p).unwrap()).unwrap())
-        .filter(|v| only.as_ref().is_none_or(|o| o.iter().any(|n| n == v.name())))
+        .filter(|v| {
+            only.as_ref()
+                .is_none_or(|o| o.iter().any(|n| n == v.name()))
+        })
         .collect();
     let mut builders: Vec<_> = views.iter().map(CompiledView::builder).collect();
     let (mut parse, mut eval) = (Duration::ZERO, Duration::ZERO);

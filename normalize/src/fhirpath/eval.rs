@@ -107,6 +107,8 @@ impl<'a> Item<'a> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Env<'a> {
     pub(crate) root: &'a Value<'a>,
+    /// The root's values by [`super::RootIndex`] slot (empty when unused).
+    pub(crate) root_slots: &'a [Option<&'a Value<'a>>],
     pub(crate) consts: &'a [ConstVal],
     pub(crate) row_index: i64,
 }
@@ -656,17 +658,39 @@ pub(crate) fn split_reference(r: &str) -> (Option<&str>, &str) {
     (Some(&r[type_start..slash]), key)
 }
 
+/// Root slot lookup: `Some(value or absence)` when `v` is the root and the key has a slot.
+#[inline]
+fn root_slot<'a>(env: &Env<'a>, v: &Value<'_>, slot: Option<u16>) -> Option<Option<&'a Value<'a>>> {
+    let slot = usize::from(slot?);
+    if !std::ptr::eq(v, env.root) {
+        return None;
+    }
+    env.root_slots.get(slot).copied()
+}
+
+#[allow(clippy::too_many_arguments)]
 fn member_step<'a>(
+    env: &Env<'a>,
     it: &Item<'a>,
     name: &str,
     type_prefix: bool,
     under: Option<&str>,
     choice: bool,
+    slot: Option<u16>,
     out: &mut Vec<Item<'a>>,
 ) {
     let Item::Node { v, ext, .. } = it else {
         return;
     };
+    if let Some(found) = root_slot(env, v, slot) {
+        match found {
+            Some(x) => push_value(x, None, None, out),
+            // Absent at the root: only a bare choice name needs the key scan.
+            None if choice => navigate(v, name, None, true, out),
+            None => {}
+        }
+        return;
+    }
     if type_prefix {
         if let Value::Object(o) = v {
             if o.get("resourceType").and_then(|r| r.as_str_opt()) == Some(name) {
@@ -682,14 +706,33 @@ fn member_step<'a>(
     }
 }
 
-fn choice_step<'a>(it: &Item<'a>, name: &str, key: &'a str, ty: &str, out: &mut Vec<Item<'a>>) {
+#[allow(clippy::too_many_arguments)]
+fn choice_step<'a>(
+    env: &Env<'a>,
+    it: &Item<'a>,
+    name: &str,
+    key: &'a str,
+    ty: &str,
+    key_slot: Option<u16>,
+    name_slot: Option<u16>,
+    out: &mut Vec<Item<'a>>,
+) {
     let Item::Node {
-        v: Value::Object(map),
+        v: obj @ Value::Object(map),
         ..
     } = it
     else {
         return;
     };
+    if let Some(found) = root_slot(env, obj, key_slot) {
+        if let Some(v) = found {
+            push_value(v, key.get(name.len()..), None, out);
+            return;
+        }
+        if let Some(None) = root_slot(env, obj, name_slot) {
+            return;
+        }
+    }
     if let Some(v) = map.get(key) {
         // The tag is the key's suffix (`DateTime`), as `navigate` gives for choice keys.
         push_value(v, key.get(name.len()..), None, out);
@@ -711,22 +754,38 @@ fn choice_step<'a>(it: &Item<'a>, name: &str, key: &'a str, ty: &str, out: &mut 
 
 /// Applies a navigation step to every item of `src`; `false` for steps that are not
 /// navigation.
-fn nav_step<'a>(step: &'a Step, src: &[Item<'a>], dst: &mut Vec<Item<'a>>) -> bool {
+fn nav_step<'a>(env: &Env<'a>, step: &'a Step, src: &[Item<'a>], dst: &mut Vec<Item<'a>>) -> bool {
     match step {
         Step::Field {
             name,
             type_prefix,
             under,
             choice,
+            slot,
         } => {
             for it in src {
-                member_step(it, name, *type_prefix, under.as_deref(), *choice, dst);
+                member_step(
+                    env,
+                    it,
+                    name,
+                    *type_prefix,
+                    under.as_deref(),
+                    *choice,
+                    *slot,
+                    dst,
+                );
             }
             true
         }
-        Step::Choice { name, key, ty } => {
+        Step::Choice {
+            name,
+            key,
+            ty,
+            key_slot,
+            name_slot,
+        } => {
             for it in src {
-                choice_step(it, name, key, ty, dst);
+                choice_step(env, it, name, key, ty, *key_slot, *name_slot, dst);
             }
             true
         }
@@ -747,7 +806,7 @@ fn eval_path<'a>(
     if matches!(start, Expr::This) {
         // Navigate straight from the input without copying it.
         match steps.first() {
-            Some(first) if nav_step(first, this, out) => rest = &steps[1..],
+            Some(first) if nav_step(env, first, this, out) => rest = &steps[1..],
             _ => out.extend_from_slice(this),
         }
     } else {
@@ -764,17 +823,33 @@ fn eval_path<'a>(
                 type_prefix,
                 under,
                 choice,
+                slot,
             } => {
                 for i in base..end {
                     let it = out[i].clone();
-                    member_step(&it, name, *type_prefix, under.as_deref(), *choice, out);
+                    member_step(
+                        env,
+                        &it,
+                        name,
+                        *type_prefix,
+                        under.as_deref(),
+                        *choice,
+                        *slot,
+                        out,
+                    );
                 }
                 out.drain(base..end);
             }
-            Step::Choice { name, key, ty } => {
+            Step::Choice {
+                name,
+                key,
+                ty,
+                key_slot,
+                name_slot,
+            } => {
                 for i in base..end {
                     let it = out[i].clone();
-                    choice_step(&it, name, key, ty, out);
+                    choice_step(env, &it, name, key, ty, *key_slot, *name_slot, out);
                 }
                 out.drain(base..end);
             }
@@ -845,7 +920,16 @@ pub(crate) fn eval<'a>(
         } => {
             let under = under.as_deref();
             let step = |it: &Item<'a>, out: &mut Vec<Item<'a>>| {
-                member_step(it, name, *type_prefix, under, is_choice_name(name), out)
+                member_step(
+                    env,
+                    it,
+                    name,
+                    *type_prefix,
+                    under,
+                    is_choice_name(name),
+                    None,
+                    out,
+                )
             };
             if matches!(**base, Expr::This) {
                 for it in this {

@@ -208,6 +208,8 @@ pub(crate) enum Step {
         /// `name` is an R4 choice element ([`eval::is_choice_name`]): a miss scans for
         /// `name<Type>` keys.
         choice: bool,
+        /// Slot of `name` in the view's root index ([`RootIndex`]).
+        slot: Option<u16>,
     },
     /// `.name.ofType(T)` fused: looks up `nameT` directly (the choice-type key, e.g.
     /// `valueQuantity`), falling back to `name` filtered by type. Saves the scan over the
@@ -216,6 +218,9 @@ pub(crate) enum Step {
         name: String,
         key: String,
         ty: String,
+        /// Root-index slots of `key` and of `name`.
+        key_slot: Option<u16>,
+        name_slot: Option<u16>,
     },
     OfType(String),
     First,
@@ -258,6 +263,7 @@ fn flatten(e: Expr, steps: &mut Vec<Step>) -> Expr {
                 name,
                 type_prefix,
                 under,
+                slot: None,
             });
             start
         }
@@ -283,6 +289,8 @@ fn flatten(e: Expr, steps: &mut Vec<Step>) -> Expr {
                         name: name.clone(),
                         key,
                         ty: t.clone(),
+                        key_slot: None,
+                        name_slot: None,
                     })
                 }
                 _ => None,
@@ -417,5 +425,160 @@ fn mark_primitive_ext(e: &mut Expr) {
         | Expr::Root
         | Expr::RowIndex
         | Expr::Const(_) => {}
+    }
+}
+
+/// The keys a view reads from resource roots, hashed once per view. Per resource the root
+/// object's keys are looked up here once ([`RootIndex::fill`]); every later step that
+/// reads the root then finds its value, or its absence, in a slot instead of scanning the
+/// object again. The root is where wide views read most (an Observation view reads about
+/// 40 root keys, most of them absent choice alternatives).
+#[derive(Debug, Default)]
+pub(crate) struct RootIndex {
+    names: Vec<String>,
+    /// Open addressing over `names` (FNV-1a, linear probing); `u16::MAX` is empty.
+    table: Vec<u16>,
+}
+
+const EMPTY_SLOT: u16 = u16::MAX;
+
+fn fnv1a(s: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in s {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+impl RootIndex {
+    /// Assigns slots to every root-capable step of `e`.
+    pub(crate) fn assign(&mut self, e: &mut Expr) {
+        match e {
+            Expr::Path { start, steps } => {
+                self.assign(start);
+                for step in steps {
+                    match step {
+                        Step::Field {
+                            name,
+                            type_prefix: false,
+                            under: None,
+                            slot,
+                            ..
+                        } => *slot = self.slot(name),
+                        Step::Choice {
+                            name,
+                            key,
+                            key_slot,
+                            name_slot,
+                            ..
+                        } => {
+                            *key_slot = self.slot(key);
+                            *name_slot = self.slot(name);
+                        }
+                        Step::Where(c) => self.assign(c),
+                        _ => {}
+                    }
+                }
+            }
+            Expr::Member { base, .. } | Expr::Neg(base) | Expr::TypeOp(_, base, _) => {
+                self.assign(base)
+            }
+            Expr::Indexer(a, b) | Expr::Binary(_, a, b) => {
+                self.assign(a);
+                self.assign(b);
+            }
+            Expr::Call(base, f) => {
+                self.assign(base);
+                match f {
+                    Func::Where(a)
+                    | Func::Select(a)
+                    | Func::All(a)
+                    | Func::Extension(a)
+                    | Func::StartsWith(a)
+                    | Func::EndsWith(a)
+                    | Func::ContainsStr(a)
+                    | Func::Exists(Some(a))
+                    | Func::Join(Some(a)) => self.assign(a),
+                    Func::Iif(c, t, f) => {
+                        self.assign(c);
+                        self.assign(t);
+                        if let Some(f) = f {
+                            self.assign(f);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Expr::Empty
+            | Expr::Literal(_)
+            | Expr::This
+            | Expr::Root
+            | Expr::RowIndex
+            | Expr::Const(_) => {}
+        }
+    }
+
+    fn slot(&mut self, name: &str) -> Option<u16> {
+        if let Some(i) = self.names.iter().position(|n| n == name) {
+            return u16::try_from(i).ok();
+        }
+        // Keep the table at most half full and the slot ids below EMPTY_SLOT.
+        if self.names.len() >= 4096 {
+            return None;
+        }
+        self.names.push(name.to_owned());
+        u16::try_from(self.names.len() - 1).ok()
+    }
+
+    /// Builds the hash table once all slots are assigned.
+    pub(crate) fn seal(&mut self) {
+        let size = (self.names.len() * 2).next_power_of_two().max(8);
+        self.table = vec![EMPTY_SLOT; size];
+        for (i, n) in self.names.iter().enumerate() {
+            let mut h = fnv1a(n.as_bytes()) as usize & (size - 1);
+            while self.table[h] != EMPTY_SLOT {
+                h = (h + 1) & (size - 1);
+            }
+            self.table[h] = u16::try_from(i).unwrap_or(EMPTY_SLOT);
+        }
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        let size = self.table.len();
+        if size == 0 {
+            return None;
+        }
+        let mut h = fnv1a(key.as_bytes()) as usize & (size - 1);
+        loop {
+            let id = self.table[h];
+            if id == EMPTY_SLOT {
+                return None;
+            }
+            if self.names[usize::from(id)] == key {
+                return Some(usize::from(id));
+            }
+            h = (h + 1) & (size - 1);
+        }
+    }
+
+    /// Fills `slots` (cleared, one per assigned name) from the root object.
+    pub(crate) fn fill<'a>(
+        &self,
+        root: &'a simd_json::BorrowedValue<'a>,
+        slots: &mut Vec<Option<&'a simd_json::BorrowedValue<'a>>>,
+    ) {
+        slots.clear();
+        slots.resize(self.names.len(), None);
+        if self.names.is_empty() {
+            return;
+        }
+        if let simd_json::BorrowedValue::Object(map) = root {
+            for (k, v) in map.iter() {
+                if let Some(i) = self.find(k) {
+                    slots[i] = Some(v);
+                }
+            }
+        }
     }
 }

@@ -654,11 +654,12 @@ impl Parser<'_, '_> {
             let func = self.function(&name, args)?;
             return Ok(Expr::Call(base, func));
         }
+        // `Patient.name`: a leading capitalised name may be the resource type.
+        let type_prefix = at_root && name.starts_with(|c: char| c.is_ascii_uppercase());
         Ok(Expr::Member {
             base,
             name,
-            // `Patient.name`: a leading capitalised name may be the resource type.
-            type_prefix: at_root,
+            type_prefix,
             under: None,
         })
     }

@@ -9,7 +9,21 @@ use sha2::{Digest, Sha256};
 
 use super::{CompiledView, ViewError};
 use crate::fhirpath::parse::{const_kind, EnvResolver};
-use crate::fhirpath::{compile_expr, ConstVal, Expr};
+use crate::fhirpath::{compile_expr, ConstVal, Expr, RootIndex};
+
+fn assign_slots(plan: &mut SelectPlan, idx: &mut RootIndex) {
+    match &mut plan.iter {
+        Iteration::None => {}
+        Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => idx.assign(e),
+        Iteration::Repeat(es) => es.iter_mut().for_each(|e| idx.assign(e)),
+    }
+    for c in &mut plan.columns {
+        idx.assign(&mut c.expr);
+    }
+    for s in plan.selects.iter_mut().chain(plan.union_all.iter_mut()) {
+        assign_slots(s, idx);
+    }
+}
 
 /// Arrow representation of a column; see the crate docs for the mapping table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -447,6 +461,14 @@ pub(crate) fn compile(bytes: &[u8]) -> Result<CompiledView, ViewError> {
     }
     let width = selects.iter().map(|s| s.width).sum();
     debug_assert_eq!(width, cols.len());
+    let mut root_index = RootIndex::default();
+    for (w, _) in &mut wheres {
+        root_index.assign(w);
+    }
+    for s in &mut selects {
+        assign_slots(s, &mut root_index);
+    }
+    root_index.seal();
     let root = SelectPlan {
         iter: Iteration::None,
         at: String::new(),
@@ -480,6 +502,7 @@ pub(crate) fn compile(bytes: &[u8]) -> Result<CompiledView, ViewError> {
         fields,
         columns: cols,
         constants: consts.into_iter().map(|(_, v)| v).collect(),
+        root_index,
         wheres,
         root,
     })

@@ -20,7 +20,7 @@ use arrow_schema::{ArrowError, FieldRef, SchemaRef};
 use simd_json::BorrowedValue;
 
 use crate::fhirpath::eval::relabel;
-use crate::fhirpath::{ConstVal, Expr, ParseError};
+use crate::fhirpath::{ConstVal, Expr, ParseError, RootIndex};
 use arrow::ColBuilder;
 use compile::{ColumnMeta, SelectPlan};
 
@@ -107,6 +107,7 @@ pub struct CompiledView {
     schema: SchemaRef,
     pub(crate) columns: Vec<ColumnMeta>,
     pub(crate) constants: Vec<ConstVal>,
+    pub(crate) root_index: RootIndex,
     pub(crate) wheres: Vec<(Expr, String)>,
     pub(crate) root: SelectPlan,
 }
@@ -189,6 +190,8 @@ struct BatchState {
     rows: usize,
     /// Row buffer kept between resources (always empty here; see `relabel`).
     spare: Vec<rows::Cell<'static>>,
+    /// Root slot buffer kept between resources (always empty here).
+    spare_slots: Vec<Option<&'static BorrowedValue<'static>>>,
 }
 
 impl BatchState {
@@ -197,6 +200,7 @@ impl BatchState {
             cols: view.columns.iter().map(ColBuilder::new).collect(),
             rows: 0,
             spare: Vec::new(),
+            spare_slots: Vec::new(),
         }
     }
 
@@ -208,9 +212,17 @@ impl BatchState {
         if !view.applies_to(resource) {
             return Ok(0);
         }
+        let mut slots = relabel(std::mem::take(&mut self.spare_slots));
+        view.root_index.fill(resource, &mut slots);
         let cells = relabel(std::mem::take(&mut self.spare));
-        let Some(frag) = rows::eval_view(view, resource, cells)? else {
-            return Ok(0);
+        let result = rows::eval_view(view, resource, &slots, cells);
+        let frag = match result {
+            Ok(Some(frag)) => frag,
+            Ok(None) => {
+                self.spare_slots = relabel(slots);
+                return Ok(0);
+            }
+            Err(e) => return Err(e),
         };
         if frag.width > 0 {
             for row in frag.cells.chunks_exact(frag.width) {
@@ -222,6 +234,7 @@ impl BatchState {
         self.rows += frag.rows;
         let n = frag.rows;
         self.spare = relabel(frag.cells);
+        self.spare_slots = relabel(slots);
         Ok(n)
     }
 

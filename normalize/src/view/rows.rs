@@ -122,10 +122,12 @@ fn expr_err(at: &str, e: FpError) -> EvalError {
 pub(crate) fn eval_view<'a>(
     view: &'a CompiledView,
     resource: &'a Value<'a>,
+    root_slots: &'a [Option<&'a Value<'a>>],
     cells: Vec<Cell<'a>>,
 ) -> Result<Option<Frag<'a>>, EvalError> {
     let env = Env {
         root: resource,
+        root_slots,
         consts: &view.constants,
         row_index: 0,
     };
