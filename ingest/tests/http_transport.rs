@@ -105,6 +105,19 @@ async fn retry_after_http_date_and_429_halves_concurrency() {
 }
 
 #[tokio::test]
+async fn success_exposes_retry_after_for_polling() {
+    let srv = serve(|_, _| resp(202, &[("retry-after", "120"), ("x-progress", "50%")], "")).await;
+    let clock = ManualClock::starting_now();
+    let r = client(&clock, 3)
+        .get(srv.url("fhir/bulkstatus/1"))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(r.retry_after(), Some(Duration::from_secs(120)));
+    assert!(clock.sleeps().is_empty(), "202 is success, not a retry");
+}
+
+#[tokio::test]
 async fn retry_after_is_capped() {
     let srv = serve(|_, n| {
         if n == 0 {

@@ -189,6 +189,7 @@ pub struct Response {
     url: Url,
     request_id: String,
     attempts: u32,
+    retry_after: Option<Duration>,
     permit: Permit,
 }
 
@@ -227,6 +228,12 @@ impl Response {
     /// Attempts made (1 when the first succeeded).
     pub fn attempts(&self) -> u32 {
         self.attempts
+    }
+
+    /// The response's `Retry-After` (seconds or HTTP-date, relative to the client's
+    /// clock), uncapped: a bulk status poll's 202 carries it.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
     }
 
     fn body_error(url: &Url, e: reqwest::Error, request_id: &str) -> HttpError {
@@ -648,11 +655,13 @@ impl HttpClient {
             match outcome {
                 Outcome::Success => {
                     limiter.on_success();
+                    let retry_after = retry_after_header(res.headers(), shared.clock.now_utc());
                     return Ok(Response {
                         inner: res,
                         url,
                         request_id: request_id.to_owned(),
                         attempts: 1,
+                        retry_after,
                         permit,
                     });
                 }

@@ -83,6 +83,10 @@ impl Interaction {
         let Some(rest) = url.path().strip_prefix(base_path) else {
             return Self::Other;
         };
+        if !(rest.is_empty() || rest.starts_with('/')) {
+            // `/fhirx/...` is not under `/fhir`.
+            return Self::Other;
+        }
         let segs: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
         let params: Vec<(String, String)> = url
             .query_pairs()
@@ -191,6 +195,14 @@ mod tests {
             Interaction::Export { types: vec![] }
         );
         assert_eq!(i(Method::GET, "metadata"), Interaction::Other);
+        assert_eq!(
+            Interaction::infer(
+                &Url::parse("https://ehr.example/fhir").unwrap(),
+                &Method::GET,
+                &Url::parse("https://ehr.example/fhirx/Patient/1").unwrap()
+            ),
+            Interaction::Other
+        );
         let other = Url::parse("https://files.example/fhir/r4/Patient/1").unwrap();
         assert_eq!(
             Interaction::infer(&base, &Method::GET, &other),
