@@ -60,6 +60,11 @@ fn parse_vs_view_cost() {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(3);
+    // TYPE=Observation keeps only lines of that resource type.
+    if let Ok(t) = std::env::var("TYPE") {
+        let needle = format!("\"resourceType\":\"{t}\"");
+        lines.retain(|l| l.windows(needle.len()).any(|w| w == needle.as_bytes()));
+    }
     if let Some(limit) = std::env::var("LIMIT")
         .ok()
         .and_then(|l| l.parse::<usize>().ok())

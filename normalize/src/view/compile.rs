@@ -88,6 +88,22 @@ pub(crate) struct SelectPlan {
     pub(crate) width: usize,
 }
 
+impl SelectPlan {
+    /// Can this select produce no row at all (so that the rows it joins with vanish)?
+    pub(crate) fn may_be_empty(&self) -> bool {
+        match self.iter {
+            Iteration::ForEach(_) | Iteration::Repeat(_) => true,
+            // The null row of forEachOrNull always exists.
+            Iteration::ForEachOrNull(_) => false,
+            Iteration::None => {
+                self.selects.iter().any(SelectPlan::may_be_empty)
+                    || (!self.union_all.is_empty()
+                        && self.union_all.iter().all(SelectPlan::may_be_empty))
+            }
+        }
+    }
+}
+
 /// One output column's metadata, in output order.
 #[derive(Debug, Clone)]
 pub(crate) struct ColumnMeta {

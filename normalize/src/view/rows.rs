@@ -249,27 +249,44 @@ fn body<'a>(
     if plan.columns.is_empty() && plan.union_all.is_empty() && plan.selects.len() == 1 {
         return select(&plan.selects[0], env, item, out);
     }
-    // Iterating parts first: when one yields no row, the columns need no evaluation.
-    let mut parts: Vec<Frag<'a>> = Vec::new();
-    for s in &plan.selects {
-        let mut f = Frag::new(s.width);
-        select(s, env, item, &mut f)?;
-        if f.rows == 0 {
-            give_cells(f.cells);
-            return Ok(());
+    // Parts that can come out empty (iterations) are evaluated first: when one yields no
+    // row, nothing else of this select needs evaluating. The cross product below still
+    // follows the declared order.
+    let n = plan.selects.len() + usize::from(!plan.union_all.is_empty());
+    let mut small: [Option<Frag<'a>>; 4] = [const { None }; 4];
+    let mut big: Vec<Option<Frag<'a>>> = Vec::new();
+    let parts: &mut [Option<Frag<'a>>] = if n <= small.len() {
+        &mut small[..n]
+    } else {
+        big.resize_with(n, || None);
+        &mut big
+    };
+    for pass in [true, false] {
+        for (i, s) in plan.selects.iter().enumerate() {
+            if s.may_be_empty() != pass {
+                continue;
+            }
+            let mut f = Frag::new(s.width);
+            select(s, env, item, &mut f)?;
+            if f.rows == 0 {
+                give_cells(f.cells);
+                return Ok(());
+            }
+            parts[i] = Some(f);
         }
-        parts.push(f);
-    }
-    if let Some(first) = plan.union_all.first() {
-        let mut f = Frag::new(first.width);
-        for u in &plan.union_all {
-            select(u, env, item, &mut f)?;
+        if let Some(first) = plan.union_all.first() {
+            if plan.union_all.iter().all(SelectPlan::may_be_empty) == pass {
+                let mut f = Frag::new(first.width);
+                for u in &plan.union_all {
+                    select(u, env, item, &mut f)?;
+                }
+                if f.rows == 0 {
+                    give_cells(f.cells);
+                    return Ok(());
+                }
+                parts[n - 1] = Some(f);
+            }
         }
-        if f.rows == 0 {
-            give_cells(f.cells);
-            return Ok(());
-        }
-        parts.push(f);
     }
     let mut acc = Frag {
         width: 0,
@@ -290,7 +307,7 @@ fn body<'a>(
             cells,
         };
     }
-    for f in parts {
+    for f in parts.iter_mut().filter_map(Option::take) {
         acc = cross(acc, f);
     }
     // The last cross product can go straight into `out`.
