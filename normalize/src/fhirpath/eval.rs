@@ -47,7 +47,8 @@ impl<'a> Buf<'a> {
 impl Drop for Buf<'_> {
     fn drop(&mut self) {
         let v = std::mem::take(&mut self.0);
-        if v.capacity() == 0 || v.capacity() > 4096 {
+        // Oversized buffers are freed rather than pooled, bounding per-thread memory.
+        if v.capacity() == 0 || v.capacity() > 1024 {
             return;
         }
         let v: Vec<Item<'static>> = relabel(v);
@@ -825,18 +826,17 @@ fn eval_path<'a>(
                 choice,
                 slot,
             } => {
+                let under = under.as_deref();
+                if end - base == 1 {
+                    // The common single-item case: no clone and no drain.
+                    if let Some(it) = out.pop() {
+                        member_step(env, &it, name, *type_prefix, under, *choice, *slot, out);
+                    }
+                    continue;
+                }
                 for i in base..end {
                     let it = out[i].clone();
-                    member_step(
-                        env,
-                        &it,
-                        name,
-                        *type_prefix,
-                        under.as_deref(),
-                        *choice,
-                        *slot,
-                        out,
-                    );
+                    member_step(env, &it, name, *type_prefix, under, *choice, *slot, out);
                 }
                 out.drain(base..end);
             }
@@ -847,6 +847,12 @@ fn eval_path<'a>(
                 key_slot,
                 name_slot,
             } => {
+                if end - base == 1 {
+                    if let Some(it) = out.pop() {
+                        choice_step(env, &it, name, key, ty, *key_slot, *name_slot, out);
+                    }
+                    continue;
+                }
                 for i in base..end {
                     let it = out[i].clone();
                     choice_step(env, &it, name, key, ty, *key_slot, *name_slot, out);

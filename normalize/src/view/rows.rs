@@ -49,7 +49,7 @@ fn take_cells<'a>() -> Vec<Cell<'a>> {
 }
 
 fn give_cells(v: Vec<Cell<'_>>) {
-    if v.capacity() == 0 || v.capacity() > 4096 {
+    if v.capacity() == 0 || v.capacity() > 1024 {
         return;
     }
     let v: Vec<Cell<'static>> = relabel(v);
