@@ -70,43 +70,11 @@ impl<'a> Frag<'a> {
         }
     }
 
-    fn append(&mut self, other: Frag<'a>) {
-        debug_assert_eq!(self.width, other.width);
-        self.rows += other.rows;
-        let mut cells = other.cells;
-        self.cells.append(&mut cells);
-        give_cells(cells);
-    }
-
     fn push_nulls(&mut self) {
         self.rows += 1;
         self.cells
             .extend(std::iter::repeat_n(Cell::Null, self.width));
     }
-}
-
-/// Cartesian product, rows of `a` outermost.
-fn cross<'a>(a: Frag<'a>, b: Frag<'a>) -> Frag<'a> {
-    if a.width == 0 && a.rows == 1 {
-        return b;
-    }
-    if b.width == 0 && b.rows == 1 {
-        return a;
-    }
-    let width = a.width + b.width;
-    let rows = a.rows * b.rows;
-    let mut cells = take_cells();
-    cells.reserve(rows * width);
-    for ra in 0..a.rows {
-        let left = &a.cells[ra * a.width..(ra + 1) * a.width];
-        for rb in 0..b.rows {
-            cells.extend_from_slice(left);
-            cells.extend_from_slice(&b.cells[rb * b.width..(rb + 1) * b.width]);
-        }
-    }
-    give_cells(a.cells);
-    give_cells(b.cells);
-    Frag { width, rows, cells }
 }
 
 fn expr_err(at: &str, e: FpError) -> EvalError {
@@ -288,36 +256,61 @@ fn body<'a>(
             }
         }
     }
-    let mut acc = Frag {
-        width: 0,
-        rows: 1,
-        cells: Vec::new(),
-    };
+    let mut cols = take_cells();
     if !plan.columns.is_empty() {
-        let mut cells = take_cells();
         let mut tmp = Buf::take();
         for c in &plan.columns {
             tmp.clear();
             eval(&c.expr, env, item, &mut tmp).map_err(|e| expr_err(&c.at, e))?;
-            cells.push(column_cell(c, &tmp)?);
+            cols.push(column_cell(c, &tmp)?);
         }
-        acc = Frag {
-            width: plan.columns.len(),
-            rows: 1,
-            cells,
-        };
     }
+    product_into(out, &cols, parts);
+    give_cells(cols);
     for f in parts.iter_mut().filter_map(Option::take) {
-        acc = cross(acc, f);
-    }
-    // The last cross product can go straight into `out`.
-    if out.rows == 0 && out.cells.is_empty() && out.cells.capacity() < acc.cells.len() {
-        out.rows = acc.rows;
-        out.cells = acc.cells;
-    } else {
-        out.append(acc);
+        give_cells(f.cells);
     }
     Ok(())
+}
+
+/// Appends the cartesian product `cols × parts[0] × parts[1] × ...` to `out`, rows of
+/// earlier parts outermost, without intermediate fragments.
+fn product_into<'a>(out: &mut Frag<'a>, cols: &[Cell<'a>], parts: &[Option<Frag<'a>>]) {
+    let mut small = [0usize; 4];
+    let mut big = Vec::new();
+    let idx: &mut [usize] = if parts.len() <= small.len() {
+        &mut small[..parts.len()]
+    } else {
+        big.resize(parts.len(), 0);
+        &mut big
+    };
+    let parts_ref = |k: usize| parts[k].as_ref();
+    let total: usize = (0..parts.len())
+        .map(|k| parts_ref(k).map_or(1, |p| p.rows))
+        .product();
+    let width: usize = cols.len()
+        + (0..parts.len())
+            .map(|k| parts_ref(k).map_or(0, |p| p.width))
+            .sum::<usize>();
+    out.cells.reserve(total * width);
+    for _ in 0..total {
+        out.cells.extend_from_slice(cols);
+        for (k, &i) in idx.iter().enumerate() {
+            if let Some(p) = parts_ref(k) {
+                out.cells
+                    .extend_from_slice(&p.cells[i * p.width..(i + 1) * p.width]);
+            }
+        }
+        // Advance the odometer, last part fastest.
+        for k in (0..idx.len()).rev() {
+            idx[k] += 1;
+            if idx[k] < parts_ref(k).map_or(1, |p| p.rows) {
+                break;
+            }
+            idx[k] = 0;
+        }
+    }
+    out.rows += total;
 }
 
 fn column_cell<'a>(c: &ColumnPlan, items: &[Item<'a>]) -> Result<Cell<'a>, EvalError> {
