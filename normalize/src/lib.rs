@@ -106,11 +106,11 @@
 //!
 //! | view | columns | view / parse |
 //! |---|---:|---:|
-//! | `observation_component` (most Observations have none) | 25 | 0.26 |
-//! | `patient` | 23 | 0.75 |
-//! | `encounter` | 22 | 0.85 |
-//! | `condition` | 20 | 1.0 |
-//! | `observation` | 42 | 1.5 |
+//! | `observation_component` (most Observations have none) | 23 | 0.26 |
+//! | `patient` | 22 | 0.75 |
+//! | `encounter` | 19 | 0.85 |
+//! | `condition` | 18 | 1.0 |
+//! | `observation` | 33 | 1.5 |
 //! | `observation_coding` | 11 (several rows each) | 1.4 |
 //!
 //! The cost is roughly linear in cells produced: per column one FHIRPath evaluation
