@@ -337,3 +337,38 @@ fn random_expressions_never_panic() {
         "most generated expressions should compile ({compiled})"
     );
 }
+
+#[test]
+fn runaway_cross_joins_are_rejected() {
+    let view = compile(json!({"resource": "Patient", "select": [
+        {"forEach": "name", "column": [{"name": "a", "path": "family"}]},
+        {"forEach": "name", "column": [{"name": "b", "path": "family"}]},
+        {"forEach": "name", "column": [{"name": "c", "path": "family"}]}
+    ]}))
+    .unwrap();
+    let names: Vec<serde_json::Value> = (0..101)
+        .map(|i| json!({"family": format!("f{i}")}))
+        .collect();
+    let mut bytes = parse(&json!({"resourceType": "Patient", "name": names}));
+    let mut b = view.builder();
+    let err = b
+        .append(&simd_json::to_borrowed_value(&mut bytes).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, EvalError::TooManyRows { .. }), "{err}");
+    assert_eq!(b.len(), 0);
+
+    // Duplicate repeat paths double the traversal per level; the node cap stops it.
+    let view = compile(json!({"resource": "Questionnaire", "select": [
+        {"repeat": ["item", "item"], "column": [{"name": "l", "path": "linkId"}]}]}))
+    .unwrap();
+    let mut q = json!({"linkId": "leaf"});
+    for _ in 0..40 {
+        q = json!({"linkId": "x", "item": [q]});
+    }
+    let mut bytes = parse(&json!({"resourceType": "Questionnaire", "item": [q]}));
+    let err = view
+        .builder()
+        .append(&simd_json::to_borrowed_value(&mut bytes).unwrap())
+        .unwrap_err();
+    assert!(matches!(err, EvalError::TooManyRows { .. }), "{err}");
+}

@@ -87,6 +87,12 @@ pub enum EvalError {
         /// What went wrong.
         reason: &'static str,
     },
+    /// The resource would produce more rows than one resource may.
+    #[error("the resource produces more than {limit} rows")]
+    TooManyRows {
+        /// The limit.
+        limit: usize,
+    },
     /// `repeat` went deeper than the supported limit.
     #[error("{at}: repeat nesting exceeds {limit} levels")]
     RepeatTooDeep {

@@ -20,6 +20,11 @@ use crate::fhirpath::temporal;
 /// Deepest `repeat` recursion followed before the resource is rejected.
 const MAX_REPEAT_DEPTH: usize = 64;
 
+/// Most rows (and most `repeat` nodes) one resource may produce. Cross joins of nested
+/// `forEach`es grow multiplicatively; a hostile or broken resource is rejected with an
+/// error instead of exhausting memory. 100,000 rows is far above any real resource.
+pub(crate) const MAX_ROWS_PER_RESOURCE: usize = 100_000;
+
 /// One output value, already in its column's representation.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Cell<'a> {
@@ -160,6 +165,11 @@ fn iterate<'a>(
     nodes: &[Item<'a>],
     out: &mut Frag<'a>,
 ) -> Result<(), EvalError> {
+    if out.rows.saturating_add(nodes.len()) > MAX_ROWS_PER_RESOURCE {
+        return Err(EvalError::TooManyRows {
+            limit: MAX_ROWS_PER_RESOURCE,
+        });
+    }
     for (i, n) in nodes.iter().enumerate() {
         let env = Env {
             row_index: i64::try_from(i).unwrap_or(i64::MAX),
@@ -189,6 +199,11 @@ fn repeat<'a>(
         children.clear();
         eval(p, env, item, &mut children).map_err(|e| expr_err(at, e))?;
         for c in children.iter() {
+            if out.len() >= MAX_ROWS_PER_RESOURCE {
+                return Err(EvalError::TooManyRows {
+                    limit: MAX_ROWS_PER_RESOURCE,
+                });
+            }
             out.push(c.clone());
             repeat(paths, env, std::slice::from_ref(c), depth + 1, at, out)?;
         }
@@ -265,7 +280,7 @@ fn body<'a>(
             cols.push(column_cell(c, &tmp)?);
         }
     }
-    product_into(out, &cols, parts);
+    product_into(out, &cols, parts)?;
     give_cells(cols);
     for f in parts.iter_mut().filter_map(Option::take) {
         give_cells(f.cells);
@@ -275,7 +290,11 @@ fn body<'a>(
 
 /// Appends the cartesian product `cols × parts[0] × parts[1] × ...` to `out`, rows of
 /// earlier parts outermost, without intermediate fragments.
-fn product_into<'a>(out: &mut Frag<'a>, cols: &[Cell<'a>], parts: &[Option<Frag<'a>>]) {
+fn product_into<'a>(
+    out: &mut Frag<'a>,
+    cols: &[Cell<'a>],
+    parts: &[Option<Frag<'a>>],
+) -> Result<(), EvalError> {
     let mut small = [0usize; 4];
     let mut big = Vec::new();
     let idx: &mut [usize] = if parts.len() <= small.len() {
@@ -285,9 +304,15 @@ fn product_into<'a>(out: &mut Frag<'a>, cols: &[Cell<'a>], parts: &[Option<Frag<
         &mut big
     };
     let parts_ref = |k: usize| parts[k].as_ref();
-    let total: usize = (0..parts.len())
-        .map(|k| parts_ref(k).map_or(1, |p| p.rows))
-        .product();
+    let mut total: usize = 1;
+    for k in 0..parts.len() {
+        total = total
+            .checked_mul(parts_ref(k).map_or(1, |p| p.rows))
+            .filter(|t| out.rows.saturating_add(*t) <= MAX_ROWS_PER_RESOURCE)
+            .ok_or(EvalError::TooManyRows {
+                limit: MAX_ROWS_PER_RESOURCE,
+            })?;
+    }
     let width: usize = cols.len()
         + (0..parts.len())
             .map(|k| parts_ref(k).map_or(0, |p| p.width))
@@ -311,6 +336,7 @@ fn product_into<'a>(out: &mut Frag<'a>, cols: &[Cell<'a>], parts: &[Option<Frag<
         }
     }
     out.rows += total;
+    Ok(())
 }
 
 fn column_cell<'a>(c: &ColumnPlan, items: &[Item<'a>]) -> Result<Cell<'a>, EvalError> {
