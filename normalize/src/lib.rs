@@ -49,6 +49,9 @@
 //!   bounds nesting and length so hostile expressions cannot exhaust the stack.
 //! - `append` is all-or-nothing per resource. Resources of another type, or filtered out
 //!   by the view's `where`, append nothing and return `Ok(0)`.
+//! - Limits, each an error rather than a crash: FHIRPath nesting 40 levels and 512 operator
+//!   or path steps per expression (parse time); `repeat` 64 levels deep; 100,000 rows or
+//!   `repeat` nodes per resource ([`EvalError::TooManyRows`]).
 //! - Output is deterministic: rows come out in resource order, then in the order the
 //!   view's selects generate them (columns, nested selects, then `unionAll` branches).
 //!
