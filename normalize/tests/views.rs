@@ -372,3 +372,38 @@ fn runaway_cross_joins_are_rejected() {
         .unwrap_err();
     assert!(matches!(err, EvalError::TooManyRows { .. }), "{err}");
 }
+
+#[test]
+fn temporal_comparisons_follow_fhirpath() {
+    let view = compile(json!({"resource": "Observation", "select": [{"column": [
+        {"name": "same_instant", "path": "effective.ofType(dateTime) = @2020-01-01T10:00:00+01:00", "type": "boolean"},
+        {"name": "after_2019", "path": "effective.ofType(dateTime) > @2019", "type": "boolean"},
+        {"name": "unknown", "path": "@2020-01 = @2020-01-15", "type": "boolean"},
+        {"name": "partial_issued", "path": "issued < @2021-06-01", "type": "boolean"},
+        {"name": "time_lt", "path": "value.ofType(time) < @T12:00", "type": "boolean"}
+    ]}]}))
+    .unwrap();
+    let mut bytes = parse(&json!({
+        "resourceType": "Observation",
+        "effectiveDateTime": "2020-01-01T09:00:00Z",
+        "issued": "2021-05-31T23:00:00.000Z",
+        "valueTime": "11:59:59"
+    }));
+    let mut b = view.builder();
+    b.append(&simd_json::to_borrowed_value(&mut bytes).unwrap())
+        .unwrap();
+    let rows = fhirhose_normalize::conformance::json_rows(&view, &b.finish());
+    assert_eq!(
+        rows[0]["same_instant"],
+        json!(true),
+        "time zones are normalised"
+    );
+    assert_eq!(rows[0]["after_2019"], json!(true));
+    assert_eq!(
+        rows[0]["unknown"],
+        json!(null),
+        "different precisions give no answer"
+    );
+    assert_eq!(rows[0]["partial_issued"], json!(true));
+    assert_eq!(rows[0]["time_lt"], json!(true));
+}

@@ -412,6 +412,35 @@ fn num(p: Prim<'_>) -> Option<Num> {
     }
 }
 
+/// Is `it` a date/dateTime/time by type (literal, constant, choice suffix or boundary)?
+fn is_temporal(it: &Item<'_>) -> bool {
+    match it {
+        Item::Str(_, k) => *k != StrKind::String,
+        Item::Node { ty: Some(t), .. } => matches!(*t, "Date" | "DateTime" | "Instant" | "Time"),
+        _ => false,
+    }
+}
+
+/// Precision-aware comparison when either side is typed as a date/dateTime/time: `None` when
+/// not temporal, `Some(None)` when unknown.
+fn temporal(a: &Item<'_>, b: &Item<'_>) -> Option<Option<Ordering>> {
+    if !(is_temporal(a) || is_temporal(b)) {
+        return None;
+    }
+    match (prim(a), prim(b)) {
+        (Prim::Str(x), Prim::Str(y)) => temporal::temporal_cmp(x, y),
+        _ => None,
+    }
+}
+
+/// `=` on two items: `None` when unknown (temporal values of different precision).
+fn items_eq3(a: &Item<'_>, b: &Item<'_>) -> Option<bool> {
+    match temporal(a, b) {
+        Some(o) => o.map(|o| o == Ordering::Equal),
+        None => Some(items_eq(a, b)),
+    }
+}
+
 fn items_eq(a: &Item<'_>, b: &Item<'_>) -> bool {
     match (prim(a), prim(b)) {
         (Prim::Bool(x), Prim::Bool(y)) => x == y,
@@ -445,6 +474,9 @@ fn items_equiv(a: &Item<'_>, b: &Item<'_>) -> bool {
 }
 
 fn compare(a: &Item<'_>, b: &Item<'_>) -> Option<Ordering> {
+    if let Some(o) = temporal(a, b) {
+        return o;
+    }
     match (prim(a), prim(b)) {
         (Prim::Str(x), Prim::Str(y)) => Some(x.cmp(y)),
         (x, y) => match (num(x), num(y)) {
@@ -1278,8 +1310,24 @@ fn binary<'a>(
             if lv.is_empty() || rv.is_empty() {
                 return Ok(());
             }
-            let eq = lv.len() == rv.len() && lv.iter().zip(rv.iter()).all(|(a, b)| items_eq(a, b));
-            out.push(Item::Bool(if op == BinOp::Eq { eq } else { !eq }));
+            let mut eq = Some(lv.len() == rv.len());
+            if eq == Some(true) {
+                for (a, b) in lv.iter().zip(rv.iter()) {
+                    match items_eq3(a, b) {
+                        Some(true) => {}
+                        other => {
+                            eq = other;
+                            if other == Some(false) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            // Unknown (temporal values of different precision) is an empty result.
+            if let Some(eq) = eq {
+                out.push(Item::Bool(if op == BinOp::Eq { eq } else { !eq }));
+            }
         }
         BinOp::Equiv | BinOp::NotEquiv => {
             let eq =

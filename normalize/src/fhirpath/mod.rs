@@ -38,10 +38,13 @@
 //!
 //! # Comparison semantics and known gaps
 //!
-//! - Numbers compare by value (integers exactly, decimals as `f64`). Strings, and
-//!   date/dateTime/time values, compare lexically: equal-precision values in the same
-//!   offset compare correctly, but `2020-01-01T10:00+01:00 = 2020-01-01T09:00Z` is false and
-//!   a comparison across precisions is not "empty" as FHIRPath specifies.
+//! - Numbers compare by value (integers exactly, decimals as `f64`); strings lexically.
+//! - Dates, dateTimes and times compare as FHIRPath specifies (time zones normalised,
+//!   seconds and milliseconds one precision, an unknown result is empty when the
+//!   precisions differ) when at least one side is *typed* temporal: a `@` literal, a
+//!   date/time constant, a `value[x]` found under a Date/DateTime/Instant/Time suffix, or a
+//!   boundary. Two untyped JSON strings (`birthDate = deceased.ofType(string)`) compare as
+//!   strings, since without a model the engine cannot know they are dates.
 //! - Equality on collections is pairwise and ordered; `~` ignores case and whitespace for
 //!   strings only.
 //! - Decimal precision is whatever survives simd-json's `f64` parse (see the crate docs);

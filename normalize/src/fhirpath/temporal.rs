@@ -336,6 +336,154 @@ pub(crate) fn parse_instant_micros(s: &str) -> Option<i64> {
     secs.checked_mul(1_000_000)?.checked_add(micros)
 }
 
+/// A date, dateTime or time split into components, for precision-aware comparison.
+#[derive(Debug, Clone, Copy)]
+struct Moment {
+    /// year, month, day, hour, minute, second, millisecond (unset parts are 0).
+    parts: [i64; 7],
+    /// How many of `parts` were given (1 = year only, 7 = milliseconds).
+    precision: usize,
+    /// Offset from UTC in minutes, when a time zone was given.
+    offset: Option<i64>,
+    /// A time of day without a date (`T10:00`, `10:00`).
+    time_only: bool,
+}
+
+fn parse_moment(s: &str) -> Option<Moment> {
+    let mut parts = [0i64; 7];
+    let (date, time, time_only) = if s.contains('T') {
+        let (d, t) = s.split_once('T')?;
+        (Some(d), Some(t), d.is_empty())
+    } else if s.contains(':') {
+        (None, Some(s), true)
+    } else {
+        (Some(s), None, false)
+    };
+    let mut precision = 0;
+    if let Some(d) = date.filter(|d| !d.is_empty()) {
+        let dp = parse_date(d)?;
+        parts[0] = dp.year;
+        precision = 1;
+        if let Some(m) = dp.month {
+            parts[1] = i64::from(m);
+            precision = 2;
+        }
+        if let Some(day) = dp.day {
+            parts[2] = i64::from(day);
+            precision = 3;
+        }
+    }
+    let mut offset = None;
+    if let Some(t) = time.filter(|t| !t.is_empty()) {
+        if !time_only && precision < 3 {
+            return None;
+        }
+        let (t, tz) = split_tz(t);
+        let tp = parse_time(t)?;
+        parts[3] = tp.hour.parse().ok()?;
+        precision = 4;
+        if let Some(m) = tp.minute {
+            parts[4] = m.parse().ok()?;
+            precision = 5;
+        }
+        if let Some(sec) = tp.second {
+            parts[5] = sec.parse().ok()?;
+            precision = 6;
+        }
+        if let Some(f) = tp.frac {
+            let ms: String = f.chars().chain("000".chars()).take(3).collect();
+            parts[6] = ms.parse().ok()?;
+            precision = 7;
+        }
+        offset = match tz {
+            None => None,
+            Some("Z") => Some(0),
+            Some(o) => {
+                let sign = if o.starts_with('-') { -1 } else { 1 };
+                let h: i64 = o.get(1..3)?.parse().ok()?;
+                let m: i64 = o.get(4..6)?.parse().ok()?;
+                Some(sign * (h * 60 + m))
+            }
+        };
+    }
+    (precision > 0).then_some(Moment {
+        parts,
+        precision,
+        offset,
+        time_only,
+    })
+}
+
+impl Moment {
+    /// Shifts a value with a date and at least minutes to UTC.
+    fn to_utc(mut self) -> Self {
+        let Some(off) = self.offset else { return self };
+        if self.time_only || self.precision < 5 || off == 0 {
+            return self;
+        }
+        let days = days_from_civil(
+            self.parts[0],
+            u32::try_from(self.parts[1]).unwrap_or(1),
+            u32::try_from(self.parts[2]).unwrap_or(1),
+        );
+        let minutes = days * 1440 + self.parts[3] * 60 + self.parts[4] - off;
+        let (days, rem) = (minutes.div_euclid(1440), minutes.rem_euclid(1440));
+        let (y, m, d) = civil_from_days(days);
+        self.parts[0] = y;
+        self.parts[1] = i64::from(m);
+        self.parts[2] = i64::from(d);
+        self.parts[3] = rem / 60;
+        self.parts[4] = rem % 60;
+        self.offset = Some(0);
+        self
+    }
+}
+
+/// Inverse of [`days_from_civil`].
+const fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = if z >= 0 { z } else { z - 146_096 } / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+/// FHIRPath comparison of two date/dateTime/time texts: `None` when either is not one,
+/// `Some(None)` when the answer is unknown (different precisions that agree as far as both
+/// go, or a time zone on one side only), otherwise the ordering. Seconds and milliseconds
+/// count as one precision, as FHIRPath specifies.
+pub(crate) fn temporal_cmp(a: &str, b: &str) -> Option<Option<std::cmp::Ordering>> {
+    let (x, y) = (parse_moment(a)?, parse_moment(b)?);
+    if x.time_only != y.time_only {
+        return None;
+    }
+    let norm = |p: usize| if p == 7 { 6 } else { p };
+    let common = norm(x.precision).min(norm(y.precision));
+    let (x, y) = match (x.offset, y.offset) {
+        (Some(_), Some(_)) => (x.to_utc(), y.to_utc()),
+        (None, None) => (x, y),
+        // One side zoned, the other not: comparable only down to the day.
+        _ if common <= 3 => (x, y),
+        _ => return Some(None),
+    };
+    let start = if x.time_only { 3 } else { 0 };
+    for i in start..common {
+        match x.parts[i].cmp(&y.parts[i]) {
+            std::cmp::Ordering::Equal => {}
+            o => return Some(Some(o)),
+        }
+    }
+    if norm(x.precision) != norm(y.precision) {
+        return Some(None);
+    }
+    Some(Some(x.parts[6].cmp(&y.parts[6])))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -388,6 +536,51 @@ mod tests {
         );
         assert!(date_boundary("1970-13", true).is_none());
         assert!(datetime_boundary("nonsense", true).is_none());
+    }
+
+    #[test]
+    fn temporal_comparison() {
+        use std::cmp::Ordering::*;
+        assert_eq!(temporal_cmp("2020-01-01", "2020-01-01"), Some(Some(Equal)));
+        assert_eq!(
+            temporal_cmp("2020-01-02", "2020-01-01"),
+            Some(Some(Greater))
+        );
+        assert_eq!(
+            temporal_cmp("2020-01", "2020-01-15"),
+            Some(None),
+            "different precision"
+        );
+        assert_eq!(temporal_cmp("2019", "2020-01-15"), Some(Some(Less)));
+        assert_eq!(
+            temporal_cmp("2020-01-01T10:00:00+01:00", "2020-01-01T09:00:00Z"),
+            Some(Some(Equal)),
+            "time zones normalised"
+        );
+        assert_eq!(
+            temporal_cmp("2020-01-01T00:30:00+01:00", "2019-12-31T23:30:00Z"),
+            Some(Some(Equal)),
+            "across a day boundary"
+        );
+        assert_eq!(
+            temporal_cmp("2020-01-01T10:00:00", "2020-01-01T10:00:00Z"),
+            Some(None)
+        );
+        assert_eq!(
+            temporal_cmp("2020-01-01T10:00:00.5Z", "2020-01-01T10:00:00.500Z"),
+            Some(Some(Equal))
+        );
+        assert_eq!(
+            temporal_cmp("2020-01-01T10:00:00Z", "2020-01-01T10:00:00.000Z"),
+            Some(Some(Equal))
+        );
+        assert_eq!(temporal_cmp("18:12:00", "18:32:00"), Some(Some(Less)));
+        assert_eq!(temporal_cmp("abc", "2020"), None);
+        assert_eq!(temporal_cmp("18:12", "2020-01-01"), None);
+        for d in [-800_000_i64, -1, 0, 1, 18_000, 2_932_896] {
+            let (y, m, day) = civil_from_days(d);
+            assert_eq!(days_from_civil(y, m, day), d);
+        }
     }
 
     #[test]
