@@ -61,7 +61,7 @@
 //! |---|---|---|
 //! | `boolean` | `Boolean` | |
 //! | `integer`, `positiveInt`, `unsignedInt`, `integer64` | `Int64` | one integer type for all: no overflow cases to reason about, and Parquet encodes small values compactly anyway |
-//! | `decimal` | `Utf8` | the decimal's text. simd-json parses JSON numbers to `f64`, so the text is the shortest form that reads back to the same double, with at least one fractional digit: `1.0` stays `1.0`, `0.95` stays `0.95`, but trailing zeros beyond the first are not kept (`1.50` becomes `1.5`). Never rounded through a fixed scale. |
+//! | `decimal` | `Utf8` | the decimal's text. simd-json parses JSON numbers to `f64`, so the text is the shortest form that reads back to the same double, with at least one fractional digit for JSON fractions: `1.0` stays `1.0`, `0.95` stays `0.95`, a JSON integer `120` stays `120`, but trailing zeros beyond the first are not kept (`1.50` becomes `1.5`). Never rounded through a fixed scale; a JSON string holding a number is kept verbatim. |
 //! | `instant` | `Timestamp(Microsecond, "UTC")` | converted from the offset given; a malformed instant is an [`EvalError`] |
 //! | `date`, `dateTime`, `time` | `Utf8` | the lexical value, unchanged: partial dates (`2020`, `2020-05`) are legal FHIR and are kept exactly |
 //! | every other type (`string`, `code`, `id`, `uri`, `url`, `canonical`, `oid`, `uuid`, `markdown`, `base64Binary`, ...) | `Utf8` | numbers and booleans are rendered as text; complex values as compact JSON |
