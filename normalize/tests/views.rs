@@ -407,3 +407,47 @@ fn temporal_comparisons_follow_fhirpath() {
     assert_eq!(rows[0]["partial_issued"], json!(true));
     assert_eq!(rows[0]["time_lt"], json!(true));
 }
+
+#[test]
+fn string_and_collection_functions() {
+    let view = compile(json!({"resource": "Patient", "select": [{"column": [
+        {"name": "upper", "path": "name.family.first().upper()"},
+        {"name": "lower", "path": "'AbC'.lower()"},
+        {"name": "len", "path": "name.family.first().length()", "type": "integer"},
+        {"name": "sub", "path": "'Castañeda'.substring(4, 3)"},
+        {"name": "sub_out", "path": "'abc'.substring(5)"},
+        {"name": "rep", "path": "'a-b-c'.replace('-', '+')"},
+        {"name": "idx", "path": "'abcdef'.indexOf('cd')", "type": "integer"},
+        {"name": "int", "path": "'42'.toInteger()", "type": "integer"},
+        {"name": "dec", "path": "'1.5'.toDecimal()", "type": "decimal"},
+        {"name": "tail", "path": "name.given.tail()", "collection": true},
+        {"name": "skip", "path": "name.given.skip(2)", "collection": true},
+        {"name": "take", "path": "name.given.take(2)", "collection": true},
+        {"name": "traced", "path": "name.given.trace('x').count()", "type": "integer"}
+    ]}]}))
+    .unwrap();
+    let mut bytes = parse(
+        &json!({"resourceType": "Patient", "name": [{"family": "Ng", "given": ["a", "b", "c"]}]}),
+    );
+    let mut b = view.builder();
+    b.append(&simd_json::to_borrowed_value(&mut bytes).unwrap())
+        .unwrap();
+    let r = &fhirhose_normalize::conformance::json_rows(&view, &b.finish())[0];
+    assert_eq!(r["upper"], "NG");
+    assert_eq!(r["lower"], "abc");
+    assert_eq!(r["len"], 2);
+    assert_eq!(
+        r["sub"],
+        "aññ".replace("ññ", "ñe"),
+        "substring counts characters"
+    );
+    assert_eq!(r["sub_out"], json!(null));
+    assert_eq!(r["rep"], "a+b+c");
+    assert_eq!(r["idx"], 2);
+    assert_eq!(r["int"], 42);
+    assert_eq!(r["dec"], json!(1.5));
+    assert_eq!(r["tail"], json!(["b", "c"]));
+    assert_eq!(r["skip"], json!(["c"]));
+    assert_eq!(r["take"], json!(["a", "b"]));
+    assert_eq!(r["traced"], 3);
+}

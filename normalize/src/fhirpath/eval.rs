@@ -1048,6 +1048,15 @@ fn string_arg<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Opt
     }
 }
 
+fn int_arg<'a>(e: &'a Expr, env: &Env<'a>, this: &[Item<'a>]) -> FpResult<Option<i64>> {
+    let v = eval_vec(e, env, this)?;
+    match single(&v)?.map(prim) {
+        None => Ok(None),
+        Some(Prim::Int(i)) => Ok(Some(i)),
+        Some(_) => Err(FpError("expected an integer argument")),
+    }
+}
+
 fn call<'a>(
     f: &'a Func,
     input: &mut Vec<Item<'a>>,
@@ -1229,6 +1238,132 @@ fn call<'a>(
             } else if let Some(e) = e {
                 eval(e, env, input, out)?;
             }
+        }
+        Func::Tail => out.extend(input.drain(..).skip(1)),
+        Func::Skip(n) | Func::Take(n) => {
+            let n = int_arg(n, env, this)?.unwrap_or(0);
+            let n = usize::try_from(n.max(0)).unwrap_or(usize::MAX);
+            if matches!(f, Func::Skip(_)) {
+                out.extend(input.drain(..).skip(n));
+            } else {
+                out.extend(input.drain(..).take(n));
+            }
+        }
+        Func::Trace => out.append(input),
+        Func::Length | Func::Upper | Func::Lower | Func::ToInteger | Func::ToDecimal => {
+            let Some(it) = single(input)? else {
+                return Ok(());
+            };
+            let p = prim(it);
+            match f {
+                Func::Length => {
+                    let Prim::Str(s) = p else {
+                        return Err(FpError("length() needs a string"));
+                    };
+                    out.push(Item::Int(
+                        i64::try_from(s.chars().count()).unwrap_or(i64::MAX),
+                    ));
+                }
+                Func::Upper | Func::Lower => {
+                    let Prim::Str(s) = p else {
+                        return Err(FpError("upper()/lower() need a string"));
+                    };
+                    let t = if matches!(f, Func::Upper) {
+                        s.to_uppercase()
+                    } else {
+                        s.to_lowercase()
+                    };
+                    out.push(Item::Str(Cow::Owned(t), StrKind::String));
+                }
+                Func::ToInteger => match p {
+                    Prim::Int(i) => out.push(Item::Int(i)),
+                    Prim::Bool(b) => out.push(Item::Int(i64::from(b))),
+                    Prim::Str(s) => out.extend(s.parse::<i64>().ok().map(Item::Int)),
+                    _ => {}
+                },
+                _ => match p {
+                    Prim::Int(i) => out.push(Item::Dec(i as f64)),
+                    Prim::Dec(d) => out.push(Item::Dec(d)),
+                    Prim::Bool(b) => out.push(Item::Dec(if b { 1.0 } else { 0.0 })),
+                    Prim::Str(s) => out.extend(
+                        s.parse::<f64>()
+                            .ok()
+                            .filter(|d| d.is_finite() && !s.contains(['e', 'E', 'i', 'n', 'N']))
+                            .map(Item::Dec),
+                    ),
+                    _ => {}
+                },
+            }
+        }
+        Func::Substring(start, len) => {
+            let Some(it) = single(input)? else {
+                return Ok(());
+            };
+            let Prim::Str(s) = prim(it) else {
+                return Err(FpError("substring() needs a string"));
+            };
+            let Some(start) = int_arg(start, env, this)? else {
+                return Ok(());
+            };
+            let len = match len {
+                Some(l) => int_arg(l, env, this)?,
+                None => None,
+            };
+            let count = i64::try_from(s.chars().count()).unwrap_or(i64::MAX);
+            if start < 0 || start >= count {
+                return Ok(());
+            }
+            let start = usize::try_from(start).unwrap_or(0);
+            let sub: String = match len {
+                Some(l) => s
+                    .chars()
+                    .skip(start)
+                    .take(usize::try_from(l.max(0)).unwrap_or(0))
+                    .collect(),
+                None => s.chars().skip(start).collect(),
+            };
+            out.push(Item::Str(Cow::Owned(sub), StrKind::String));
+        }
+        Func::Replace(pat, with) => {
+            let Some(it) = single(input)? else {
+                return Ok(());
+            };
+            let Prim::Str(s) = prim(it) else {
+                return Err(FpError("replace() needs a string"));
+            };
+            let (Some(pat), Some(with)) =
+                (string_arg(pat, env, this)?, string_arg(with, env, this)?)
+            else {
+                return Ok(());
+            };
+            let r = if pat.is_empty() {
+                // FHIRPath: an empty pattern surrounds every character.
+                let mut r = String::with_capacity(s.len() * (with.len() + 1) + with.len());
+                r.push_str(&with);
+                for c in s.chars() {
+                    r.push(c);
+                    r.push_str(&with);
+                }
+                r
+            } else {
+                s.replace(&*pat, &with)
+            };
+            out.push(Item::Str(Cow::Owned(r), StrKind::String));
+        }
+        Func::IndexOf(sub) => {
+            let Some(it) = single(input)? else {
+                return Ok(());
+            };
+            let Prim::Str(s) = prim(it) else {
+                return Err(FpError("indexOf() needs a string"));
+            };
+            let Some(sub) = string_arg(sub, env, this)? else {
+                return Ok(());
+            };
+            let idx = s.find(&*sub).map_or(-1, |b| {
+                i64::try_from(s[..b].chars().count()).unwrap_or(i64::MAX)
+            });
+            out.push(Item::Int(idx));
         }
         Func::StartsWith(a) | Func::EndsWith(a) | Func::ContainsStr(a) => {
             let Some(it) = single(input)? else {

@@ -16,7 +16,7 @@
 //! | comparison | `=`, `!=`, `~`, `!~`, `<`, `<=`, `>`, `>=` |
 //! | arithmetic | `+`, `-`, `*`, `/`, `div`, `mod`, unary `-`; string `+` and `&` |
 //! | collections | `\|`, `in`, `contains` |
-//! | functions | `where`, `select`, `all`, `exists([criteria])`, `empty`, `first`, `last`, `single`, `count`, `distinct`, `allTrue`, `anyTrue`, `not`, `hasValue`, `toString`, `iif`, `startsWith`, `endsWith`, `contains`, `ofType`, `is`, `as` (function and operator), `extension(url)`, `join([sep])`, `lowBoundary()`, `highBoundary()`, `getResourceKey()`, `getReferenceKey([type])` |
+//! | functions | `where`, `select`, `all`, `exists([criteria])`, `empty`, `first`, `last`, `single`, `count`, `distinct`, `allTrue`, `anyTrue`, `not`, `hasValue`, `toString`, `iif`, `startsWith`, `endsWith`, `contains`, `tail`, `skip`, `take`, `length`, `upper`, `lower`, `substring`, `replace`, `indexOf`, `toInteger`, `toDecimal`, `trace`, `ofType`, `is`, `as` (function and operator), `extension(url)`, `join([sep])`, `lowBoundary()`, `highBoundary()`, `getResourceKey()`, `getReferenceKey([type])` |
 //!
 //! Not supported (rejected at compile time): quantity literals, `$index`, `$total`,
 //! `matches`, `aggregate`, `resolve`, and other functions not listed.
@@ -159,6 +159,19 @@ pub(crate) enum Func {
     GetReferenceKey(Option<String>),
     Iif(Box<Expr>, Box<Expr>, Option<Box<Expr>>),
     StartsWith(Box<Expr>),
+    Tail,
+    Skip(Box<Expr>),
+    Take(Box<Expr>),
+    Length,
+    Upper,
+    Lower,
+    Substring(Box<Expr>, Option<Box<Expr>>),
+    Replace(Box<Expr>, Box<Expr>),
+    IndexOf(Box<Expr>),
+    ToInteger,
+    ToDecimal,
+    /// `trace(name)`: returns its input unchanged (nothing is logged: no PHI in logs).
+    Trace,
     EndsWith(Box<Expr>),
     ContainsStr(Box<Expr>),
 }
@@ -354,6 +367,11 @@ fn optimize_children(e: Expr) -> Expr {
                 Func::StartsWith(a) => Func::StartsWith(b(a)),
                 Func::EndsWith(a) => Func::EndsWith(b(a)),
                 Func::ContainsStr(a) => Func::ContainsStr(b(a)),
+                Func::Skip(a) => Func::Skip(b(a)),
+                Func::Take(a) => Func::Take(b(a)),
+                Func::IndexOf(a) => Func::IndexOf(b(a)),
+                Func::Substring(a, l) => Func::Substring(b(a), ob(l)),
+                Func::Replace(a, r) => Func::Replace(b(a), b(r)),
                 other => other,
             };
             Expr::Call(b(base), f)
@@ -403,7 +421,20 @@ fn mark_primitive_ext(e: &mut Expr) {
                 | Func::Extension(a)
                 | Func::StartsWith(a)
                 | Func::EndsWith(a)
-                | Func::ContainsStr(a) => mark_primitive_ext(a),
+                | Func::ContainsStr(a)
+                | Func::Skip(a)
+                | Func::Take(a)
+                | Func::IndexOf(a) => mark_primitive_ext(a),
+                Func::Substring(a, l) => {
+                    mark_primitive_ext(a);
+                    if let Some(l) = l {
+                        mark_primitive_ext(l);
+                    }
+                }
+                Func::Replace(a, r) => {
+                    mark_primitive_ext(a);
+                    mark_primitive_ext(r);
+                }
                 Func::Exists(Some(a)) | Func::Join(Some(a)) => mark_primitive_ext(a),
                 Func::Iif(c, t, f) => {
                     mark_primitive_ext(c);
@@ -501,8 +532,21 @@ impl RootIndex {
                     | Func::StartsWith(a)
                     | Func::EndsWith(a)
                     | Func::ContainsStr(a)
+                    | Func::Skip(a)
+                    | Func::Take(a)
+                    | Func::IndexOf(a)
                     | Func::Exists(Some(a))
                     | Func::Join(Some(a)) => self.assign(a),
+                    Func::Substring(a, l) => {
+                        self.assign(a);
+                        if let Some(l) = l {
+                            self.assign(l);
+                        }
+                    }
+                    Func::Replace(a, r) => {
+                        self.assign(a);
+                        self.assign(r);
+                    }
                     Func::Iif(c, t, f) => {
                         self.assign(c);
                         self.assign(t);

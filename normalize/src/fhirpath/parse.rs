@@ -796,6 +796,40 @@ impl Parser<'_, '_> {
                     _ => return Err(self.err("matches() is not supported")),
                 }
             }
+            "tail" | "length" | "upper" | "lower" | "toInteger" | "toDecimal" => {
+                arity(0, 0)?;
+                match name {
+                    "tail" => Func::Tail,
+                    "length" => Func::Length,
+                    "upper" => Func::Upper,
+                    "lower" => Func::Lower,
+                    "toInteger" => Func::ToInteger,
+                    _ => Func::ToDecimal,
+                }
+            }
+            "trace" => {
+                arity(1, 2)?;
+                Func::Trace
+            }
+            "skip" | "take" | "indexOf" => {
+                arity(1, 1)?;
+                let a = req(&mut args);
+                match name {
+                    "skip" => Func::Skip(a),
+                    "take" => Func::Take(a),
+                    _ => Func::IndexOf(a),
+                }
+            }
+            "substring" => {
+                arity(1, 2)?;
+                let a = req(&mut args);
+                Func::Substring(a, args.next().map(Box::new))
+            }
+            "replace" => {
+                arity(2, 2)?;
+                let a = req(&mut args);
+                Func::Replace(a, req(&mut args))
+            }
             other => return Err(self.err(format!("unsupported function {other}()"))),
         };
         Ok(f)
