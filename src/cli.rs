@@ -1,0 +1,408 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use fhirhose_ingest::framing::{default_block_bytes, default_max_line_bytes, FramerConfig};
+use fhirhose_ingest::source::{list_local, list_objects, InputFile};
+use fhirhose_ingest::state::{RunRecord, StateStore};
+use fhirhose_sinks::kafka::{KafkaConfig, Publisher};
+use fhirhose_sinks::parquet::ParquetConfig;
+
+use crate::lake::{input_spec, is_inside, InputSpec, Lake};
+use crate::logging::LogFormat;
+use crate::pipeline::{self, IngestConfig, RunSummary, ViewSet};
+
+/// fhirhose: land FHIR data from EHRs as raw files, Parquet tables and Kafka events.
+#[derive(Debug, Parser)]
+#[command(name = "fhirhose", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FHIRHOSE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log level (`error`, `warn`, `info`, `debug`, `trace`) or an `EnvFilter` directive.
+    #[arg(
+        long,
+        global = true,
+        default_value = "info",
+        env = "FHIRHOSE_LOG_LEVEL"
+    )]
+    pub log_level: String,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Ingest NDJSON files (local files or folders, file:// or s3:// URLs) into the lake and Kafka.
+    Ingest(IngestArgs),
+    /// Run the whole pipeline on built-in sample data, with no set-up.
+    Demo(DemoArgs),
+    /// Show runs and files from the state store.
+    Status(StatusArgs),
+}
+
+/// Options shared by commands that write a lake.
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// The lake: a folder, file:// URL or s3://bucket/prefix (S3 settings from AWS_* variables).
+    #[arg(long, env = "FHIRHOSE_LAKE", default_value = "./fhirhose-lake")]
+    pub lake: String,
+    /// Kafka bootstrap servers; without them, no events are published.
+    #[arg(long, env = "FHIRHOSE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic prefix: events go to `<prefix>.<ResourceType>`.
+    #[arg(long, env = "FHIRHOSE_TOPIC_PREFIX", default_value = "fhir")]
+    pub topic_prefix: String,
+    /// Kafka compression codec.
+    #[arg(long, env = "FHIRHOSE_KAFKA_COMPRESSION", default_value = "zstd")]
+    pub kafka_compression: String,
+    /// Source name (tenant or EHR); part of raw keys and `ce_source`.
+    #[arg(long, env = "FHIRHOSE_SOURCE", default_value = "local")]
+    pub source: String,
+    /// State database (SQLite).
+    #[arg(long, env = "FHIRHOSE_STATE", default_value = ".fhirhose/state.db")]
+    pub state: PathBuf,
+    /// Write the run summary as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+    /// Longest accepted NDJSON line in bytes; longer lines are dead-lettered.
+    #[arg(long, env = "FHIRHOSE_MAX_LINE_BYTES", default_value_t = default_max_line_bytes())]
+    pub max_line_bytes: usize,
+    /// Files processed at once.
+    #[arg(long, env = "FHIRHOSE_FILE_CONCURRENCY", default_value_t = 2)]
+    pub file_concurrency: usize,
+    /// Parsing workers per file (default: the number of cores).
+    #[arg(long, env = "FHIRHOSE_WORKERS")]
+    pub workers: Option<usize>,
+    /// Process files again even if an earlier run landed them.
+    #[arg(long)]
+    pub force: bool,
+    /// Exit with code 5 when any line was dead-lettered.
+    #[arg(long)]
+    pub strict: bool,
+    /// A folder of ViewDefinitions (*.json) to run besides the canonical ones (a view with a
+    /// canonical view's name replaces it).
+    #[arg(long, env = "FHIRHOSE_VIEWS")]
+    pub views: Option<PathBuf>,
+    /// Do not run the canonical views (only `resources` and `--views` tables are written).
+    #[arg(long)]
+    pub no_canonical_views: bool,
+}
+
+/// `fhirhose ingest`.
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    /// Input files, folders or URLs.
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Output options.
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+/// `fhirhose demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder for the demo's lake and state.
+    #[arg(long, default_value = "./fhirhose-demo")]
+    pub dir: PathBuf,
+    /// Kafka brokers; by default an in-process mock cluster is used.
+    #[arg(long, env = "FHIRHOSE_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+}
+
+/// `fhirhose status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// State database.
+    #[arg(long, env = "FHIRHOSE_STATE", default_value = ".fhirhose/state.db")]
+    pub state: PathBuf,
+    /// Runs to show.
+    #[arg(long, default_value_t = 10)]
+    pub limit: usize,
+}
+
+/// A usage or configuration error (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Maps an error to the documented exit code.
+pub fn exit_code_for(e: &anyhow::Error) -> u8 {
+    if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+        2
+    } else {
+        4
+    }
+}
+
+/// Runs a parsed command line; returns the exit code.
+pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Ingest(a) => ingest(a).await,
+        Command::Demo(a) => crate::demo::run(a).await,
+        Command::Status(a) => status(a),
+    }
+}
+
+/// Lists the files named by the inputs.
+pub async fn resolve_inputs(inputs: &[String], lake: &Lake) -> anyhow::Result<Vec<InputFile>> {
+    let mut files = Vec::new();
+    for arg in inputs {
+        match input_spec(arg).map_err(|e| UsageError(e.to_string()))? {
+            InputSpec::Local(p) => {
+                let listed = list_local(&p).map_err(|e| UsageError(e.to_string()))?;
+                files.extend(listed.into_iter().filter(|f| {
+                    match (&f.location, &lake.local_root) {
+                        (fhirhose_ingest::source::Location::Local(fp), Some(root)) => {
+                            !is_inside(fp, root)
+                        }
+                        _ => true,
+                    }
+                }));
+            }
+            InputSpec::Object {
+                store,
+                prefix,
+                base,
+            } => {
+                files.extend(
+                    list_objects(store, &prefix, &base)
+                        .await
+                        .with_context(|| format!("cannot list input {arg}"))?,
+                );
+            }
+        }
+    }
+    // The same file named twice is ingested once.
+    let mut seen = std::collections::HashSet::new();
+    files.retain(|f| seen.insert(f.fingerprint.clone()));
+    Ok(files)
+}
+
+/// Builds the ingest configuration shared by `ingest` and `demo`.
+pub async fn build_config(
+    out: &OutputArgs,
+    kafka: Option<Arc<Publisher>>,
+) -> anyhow::Result<IngestConfig> {
+    if out.max_line_bytes == 0 {
+        return Err(UsageError("--max-line-bytes must be at least 1".into()).into());
+    }
+    let lake = Lake::open(&out.lake).map_err(|e| UsageError(format!("{e:#}")))?;
+    lake.check_writable().await?;
+    let state = StateStore::open(&out.state)?;
+    let workers = out
+        .workers
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    Ok(IngestConfig {
+        lake,
+        source: out.source.clone(),
+        run_id: new_run_id(),
+        kafka,
+        state: Arc::new(state),
+        framer: FramerConfig {
+            max_line_bytes: out.max_line_bytes,
+            block_bytes: default_block_bytes(),
+        },
+        parquet: ParquetConfig::default(),
+        file_concurrency: out.file_concurrency.max(1),
+        workers: workers.max(1),
+        views: Arc::new(load_views(out)?),
+        delivery_timeout: pipeline::default_delivery_timeout(),
+        force: out.force,
+    })
+}
+
+/// The views a run evaluates: canonical ones unless disabled, plus `--views`.
+pub fn load_views(out: &OutputArgs) -> anyhow::Result<ViewSet> {
+    let mut views = if out.no_canonical_views {
+        ViewSet::empty()
+    } else {
+        ViewSet::canonical()?
+    };
+    if let Some(dir) = &out.views {
+        views
+            .add_dir(dir)
+            .map_err(|e| UsageError(format!("{e:#}")))?;
+    }
+    Ok(views)
+}
+
+/// A sortable, unique run id: UTC time plus a random suffix.
+pub fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+    let rand = uuid::Uuid::new_v4().simple().to_string();
+    format!("{}-{}", now.format(&fmt).unwrap_or_default(), &rand[..8])
+}
+
+/// Connects to Kafka when brokers are given.
+pub async fn connect_kafka(out: &OutputArgs) -> anyhow::Result<Option<Arc<Publisher>>> {
+    let Some(brokers) = out
+        .kafka_brokers
+        .as_deref()
+        .filter(|b| !b.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let mut kc = KafkaConfig::new(brokers);
+    kc.topic_prefix = out.topic_prefix.clone();
+    kc.compression = out.kafka_compression.clone();
+    Ok(Some(Arc::new(Publisher::connect(kc).await?)))
+}
+
+/// Runs an ingest and records it in the state store.
+pub async fn run_and_record(
+    cfg: IngestConfig,
+    files: Vec<InputFile>,
+    kind: &str,
+) -> anyhow::Result<RunSummary> {
+    let cfg = Arc::new(cfg);
+    cfg.state.begin_run(&RunRecord {
+        run_id: cfg.run_id.clone(),
+        kind: kind.into(),
+        source: cfg.source.clone(),
+        lake: cfg.lake.url.clone(),
+        started_at: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+        finished_at: None,
+        status: "running".into(),
+        summary: None,
+    })?;
+    let summary = pipeline::run_ingest(Arc::clone(&cfg), files).await;
+    let mut brief = summary.clone();
+    brief.file_reports.clear();
+    cfg.state.finish_run(
+        &cfg.run_id,
+        &summary.status,
+        &serde_json::to_string(&brief)?,
+    )?;
+    if let Some(k) = &cfg.kafka {
+        k.flush(Duration::from_secs(30)).await.ok();
+    }
+    Ok(summary)
+}
+
+async fn ingest(a: IngestArgs) -> anyhow::Result<u8> {
+    let kafka = connect_kafka(&a.out).await?;
+    let cfg = build_config(&a.out, kafka).await?;
+    let files = resolve_inputs(&a.inputs, &cfg.lake).await?;
+    let summary = run_and_record(cfg, files, "ingest").await?;
+    finish(&summary, a.out.summary_json.as_deref(), a.out.strict)
+}
+
+/// Prints the summary, writes `--summary-json`, and picks the exit code.
+pub fn finish(
+    summary: &RunSummary,
+    json: Option<&std::path::Path>,
+    strict: bool,
+) -> anyhow::Result<u8> {
+    print_summary(summary);
+    if let Some(p) = json {
+        std::fs::write(p, serde_json::to_vec_pretty(summary)?)
+            .with_context(|| format!("cannot write summary to {}", p.display()))?;
+    }
+    Ok(if summary.files_failed > 0 {
+        4
+    } else if strict && summary.dead_letters > 0 {
+        5
+    } else {
+        0
+    })
+}
+
+/// Human summary on stdout.
+pub fn print_summary(s: &RunSummary) {
+    println!("run {} ({}) into {}", s.run_id, s.status, s.lake);
+    println!(
+        "  files: {} given, {} landed, {} skipped (already landed), {} failed",
+        s.files, s.files_done, s.files_skipped, s.files_failed
+    );
+    println!(
+        "  read: {:.1} MB, {} lines, {} resources, {} dead letters in {:.2} s ({:.1} MB/s, {:.0} resources/s)",
+        s.bytes as f64 / 1e6,
+        s.lines,
+        s.resources,
+        s.dead_letters,
+        s.wall_time_s,
+        s.mb_per_s,
+        s.resources_per_s
+    );
+    if !s.resources_by_type.is_empty() {
+        println!("  resources by type:");
+        for (t, n) in &s.resources_by_type {
+            println!("    {t:<28} {n:>10}");
+        }
+    }
+    if !s.dead_letters_by_reason.is_empty() {
+        println!("  dead letters by reason:");
+        for (t, n) in &s.dead_letters_by_reason {
+            println!("    {t:<28} {n:>10}");
+        }
+    }
+    if !s.parquet_rows_by_table.is_empty() {
+        println!("  parquet rows by table:");
+        for (t, n) in &s.parquet_rows_by_table {
+            println!("    {t:<28} {n:>10}");
+        }
+    }
+    if s.events_published {
+        println!("  events by topic:");
+        for (t, n) in &s.events_by_topic {
+            println!("    {t:<28} {n:>10}");
+        }
+    } else {
+        println!("  events: none published (no Kafka brokers configured)");
+    }
+    for f in s.file_reports.iter().filter(|f| f.status == "failed") {
+        println!(
+            "  FAILED {}: {}",
+            f.input,
+            f.error.as_deref().unwrap_or("unknown error")
+        );
+    }
+}
+
+fn status(a: StatusArgs) -> anyhow::Result<u8> {
+    if !a.state.exists() {
+        return Err(UsageError(format!("no state database at {}", a.state.display())).into());
+    }
+    let state = StateStore::open(&a.state)?;
+    for r in state.runs(a.limit)? {
+        println!(
+            "{}  {:<8} {:<8} source={} lake={} started={} finished={}",
+            r.run_id,
+            r.kind,
+            r.status,
+            r.source,
+            r.lake,
+            r.started_at,
+            r.finished_at.as_deref().unwrap_or("-")
+        );
+        for f in state
+            .files(&r.lake)?
+            .iter()
+            .filter(|f| f.run_id == r.run_id)
+        {
+            println!(
+                "    {:<7} {} ({} resources, {} dead letters){}",
+                f.status.name(),
+                f.input,
+                f.resources,
+                f.dead_letters,
+                f.error
+                    .as_deref()
+                    .map(|e| format!(": {e}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
+}

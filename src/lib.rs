@@ -1,0 +1,11 @@
+//! fhirhose: SMART on FHIR + Bulk Data ingestion.
+//!
+//! The binary's library half: CLI definitions, configuration, the pipeline that joins
+//! `fhirhose-ingest` (inputs, state) to `fhirhose-sinks` (raw, Parquet, Kafka) and
+//! `fhirhose-normalize` (views), and the run summary. See `DESIGN.md` for the architecture.
+
+pub mod cli;
+pub mod demo;
+pub mod lake;
+pub mod logging;
+pub mod pipeline;
