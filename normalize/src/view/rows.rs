@@ -3,17 +3,18 @@
 //!
 //! A select produces a *fragment*: `rows` rows of `width` cells, stored flat. The cells of
 //! a select are its columns, then each nested select's cells, then the `unionAll` cells,
-//! which is exactly the order of the view's output fields.
+//! which is exactly the order of the view's output fields. A select of plain columns writes
+//! its row straight into its parent's fragment; otherwise the parts that can be empty are
+//! evaluated first and the cartesian product is written directly into the parent.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use simd_json::prelude::*;
 use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
-use std::cell::RefCell;
-
 use crate::fhirpath::eval::{eval, prim, relabel, to_strict_bool, Buf, Env, FpError, Item, Prim};
 use crate::fhirpath::temporal;
 
