@@ -37,6 +37,7 @@ fn parse_vs_view_cost() {
     let mut views: Vec<PathBuf> = fs::read_dir(repo().join("schemas/views"))
         .unwrap()
         .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     views.sort();
     // ONLY=a,b restricts the probe to the named views.
