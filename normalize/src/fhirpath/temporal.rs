@@ -64,11 +64,54 @@ pub(crate) fn decimal_boundary(text: &str, high: bool) -> Option<String> {
 /// Shortest text of a float that reads back to the same value, with at least one
 /// fractional digit (`1.0`, not `1`): a JSON fraction is a FHIR decimal.
 pub(crate) fn float_text(f: f64) -> String {
+    if let Some(s) = short_float_text(f) {
+        return s;
+    }
     let mut s = format!("{f}");
     if f.is_finite() && !s.contains('.') && !s.contains('e') {
         s.push_str(".0");
     }
     s
+}
+
+/// Fast path of [`float_text`] for the common case of a few decimal places (`134.8`,
+/// `0.95`): finds the fewest decimals `k <= 6` with `m / 10^k == f` exactly, which is the
+/// shortest text that reads back to `f`, and writes it without the float formatter.
+fn short_float_text(f: f64) -> Option<String> {
+    const POW: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
+    if !f.is_finite() || f == 0.0 || f.abs() >= 1e15 {
+        return None;
+    }
+    for (k, p) in POW.iter().enumerate().skip(1) {
+        let m = (f * p).round();
+        // Below 2^52 the spacing of doubles near `f` is finer than 10^-k, so at most one
+        // k-decimal number reads back to `f`: the one found here is the shortest form.
+        if m.abs() >= 4.0e15 {
+            return None;
+        }
+        if m / p == f {
+            #[allow(clippy::cast_possible_truncation)]
+            let m = m as i64;
+            let digits = m.unsigned_abs().to_string();
+            let mut out = String::with_capacity(digits.len() + 3);
+            if m < 0 {
+                out.push('-');
+            }
+            if digits.len() > k {
+                out.push_str(&digits[..digits.len() - k]);
+                out.push('.');
+                out.push_str(&digits[digits.len() - k..]);
+            } else {
+                out.push_str("0.");
+                out.extend(std::iter::repeat_n('0', k - digits.len()));
+                out.push_str(&digits);
+            }
+            // `1.50` would not be shortest: k is minimal, so the last digit is not 0,
+            // except for whole numbers, which stop at `k = 1` (`2.0`).
+            return Some(out);
+        }
+    }
+    None
 }
 
 fn all_digits(s: &str) -> bool {
@@ -497,6 +540,44 @@ mod tests {
         assert_eq!(decimal_boundary("0.001", false).as_deref(), Some("0.0005"));
         assert_eq!(float_text(1.0), "1.0");
         assert_eq!(float_text(1.5), "1.5");
+        assert_eq!(float_text(-0.0), "-0.0");
+        assert_eq!(float_text(0.001), "0.001");
+        assert_eq!(float_text(-134.8), "-134.8");
+        // The fast path agrees with the float formatter wherever it applies.
+        let mut state: u64 = 7;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut samples: Vec<f64> = vec![
+            0.1,
+            0.2,
+            0.3,
+            0.95,
+            1.05,
+            42.0,
+            134.8,
+            1e14 + 0.5,
+            0.000_001,
+            123_456.789_012,
+        ];
+        for _ in 0..20_000 {
+            let scale = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e9][(next() % 8) as usize];
+            let m = (next() % 2_000_000_000) as f64 - 1e9;
+            samples.push(m / scale);
+            samples.push(f64::from_bits(next()));
+        }
+        for f in samples {
+            if let Some(fast) = short_float_text(f) {
+                let mut slow = format!("{f}");
+                if !slow.contains('.') {
+                    slow.push_str(".0");
+                }
+                assert_eq!(fast, slow, "{f:e}");
+            }
+        }
     }
 
     #[test]
