@@ -129,6 +129,16 @@ impl Report {
 
 /// Runs every `*.json` file of `dir`, sorted by file name.
 pub fn run_dir(dir: &Path) -> Result<Report, ConformanceError> {
+    run_dir_with(dir, false)
+}
+
+/// [`run_dir`] with every resource passed through [`crate::prepare_line`] before parsing,
+/// as the pipeline does, so decimals reach the engine as marked exact-text strings.
+pub fn run_dir_prepared(dir: &Path) -> Result<Report, ConformanceError> {
+    run_dir_with(dir, true)
+}
+
+fn run_dir_with(dir: &Path, prepare: bool) -> Result<Report, ConformanceError> {
     let io = |source| ConformanceError::Io {
         path: dir.to_owned(),
         source,
@@ -143,13 +153,22 @@ pub fn run_dir(dir: &Path) -> Result<Report, ConformanceError> {
     paths.sort();
     let mut report = Report::default();
     for p in paths {
-        report.files.push(run_file(&p)?);
+        report.files.push(run_file_with(&p, prepare)?);
     }
     Ok(report)
 }
 
 /// Runs one test file.
 pub fn run_file(path: &Path) -> Result<FileReport, ConformanceError> {
+    run_file_with(path, false)
+}
+
+/// [`run_file`] through [`crate::prepare_line`] (see [`run_dir_prepared`]).
+pub fn run_file_prepared(path: &Path) -> Result<FileReport, ConformanceError> {
+    run_file_with(path, true)
+}
+
+fn run_file_with(path: &Path, prepare: bool) -> Result<FileReport, ConformanceError> {
     let bytes = fs::read(path).map_err(|source| ConformanceError::Io {
         path: path.to_owned(),
         source,
@@ -169,7 +188,15 @@ pub fn run_file(path: &Path) -> Result<FileReport, ConformanceError> {
         .ok_or_else(|| format("missing `tests` array".into()))?;
     let resource_bytes: Vec<Vec<u8>> = resources
         .iter()
-        .map(|r| serde_json::to_vec(r).map_err(|e| format(e.to_string())))
+        .map(|r| {
+            let json = serde_json::to_vec(r).map_err(|e| format(e.to_string()))?;
+            if !prepare {
+                return Ok(json);
+            }
+            let mut prepared = Vec::with_capacity(json.len());
+            crate::prepare_line(&json, &mut prepared);
+            Ok(prepared)
+        })
         .collect::<Result<_, _>>()?;
     let mut out = Vec::with_capacity(tests.len());
     for t in tests {

@@ -26,8 +26,21 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Exact decimals
+//!
+//! simd-json parses JSON fractions to `f64`. To keep FHIR's decimal precision, copy each
+//! line into the parse buffer with [`prepare_line`] instead of `extend_from_slice`: it
+//! rewrites numbers with a fraction or exponent (outside strings) into strings marked with
+//! [`DECIMAL_MARKER`] (U+FDD0), which the engine treats as decimals everywhere and writes
+//! in their source text. Unprepared trees still work, with `f64` precision. Anything else
+//! that reads a prepared tree should use [`decimal_text`] for such nodes. See the
+//! `prepare` module docs (on [`prepare_line`]) for the contract and the residual risk.
+//!
 //! # Public API
 //!
+//! - [`prepare_line`]`(src: &[u8], dst: &mut Vec<u8>)` (appends the prepared line),
+//!   [`marked_decimal`]`(&str) -> Option<&str>`, [`decimal_text`]`(&BorrowedValue) ->
+//!   Option<&str>`, [`DECIMAL_MARKER`].
 //! - [`CompiledView::from_json_slice`]`(&[u8]) -> Result<CompiledView, ViewError>`: parse,
 //!   validate, compile. Errors name the offending element (`select[1].column[0].path: ...`).
 //! - [`CompiledView::name`] (table name), [`CompiledView::resource`],
@@ -61,10 +74,10 @@
 //! |---|---|---|
 //! | `boolean` | `Boolean` | |
 //! | `integer`, `positiveInt`, `unsignedInt`, `integer64` | `Int64` | one integer type for all: no overflow cases to reason about, and Parquet encodes small values compactly anyway |
-//! | `decimal` | `Utf8` | the decimal's text. simd-json parses JSON numbers to `f64`, so the text is the shortest form that reads back to the same double, with at least one fractional digit for JSON fractions: `1.0` stays `1.0`, `0.95` stays `0.95`, a JSON integer `120` stays `120`, but trailing zeros beyond the first are not kept (`1.50` becomes `1.5`). Never rounded through a fixed scale; a JSON string holding a number is kept verbatim. |
+//! | `decimal` | `Utf8` | the decimal's exact source text when the line went through [`prepare_line`] (`1.50` stays `1.50`, `1e3` stays `1e3`, `-0.0` stays `-0.0`). Unprepared input (simd-json's `f64`) gets the shortest form that reads back to the same double, with at least one fractional digit for JSON fractions (`1.50` becomes `1.5`). A JSON integer `120` stays `120`; a JSON string holding a number is kept verbatim; computed values (`a + b`) use the shortest round-trip text. Never rounded through a fixed scale. |
 //! | `instant` | `Timestamp(Microsecond, "UTC")` | converted from the offset given; a malformed instant is an [`EvalError`] |
 //! | `date`, `dateTime`, `time` | `Utf8` | the lexical value, unchanged: partial dates (`2020`, `2020-05`) are legal FHIR and are kept exactly |
-//! | every other type (`string`, `code`, `id`, `uri`, `url`, `canonical`, `oid`, `uuid`, `markdown`, `base64Binary`, ...) | `Utf8` | numbers and booleans are rendered as text; complex values as compact JSON |
+//! | every other type (`string`, `code`, `id`, `uri`, `url`, `canonical`, `oid`, `uuid`, `markdown`, `base64Binary`, ...) | `Utf8` | numbers and booleans are rendered as text (prepared decimals in their source text); complex values as compact JSON, with decimals as bare numbers in their source text |
 //! | no `type` | `Utf8` | as above: the only type every value can be written to without loss |
 //! | any, with `collection: true` | `List<item type>` | the list field is named `item`; an empty result is an empty list, not null |
 //!
@@ -79,7 +92,8 @@
 //! `tests/data/sql-on-fhir-v2/upstream-sql-on-fhir.js/` (144 tests in `tests/` and the 7
 //! of `newer-indexed/`, shareable and experimental), checked by
 //! `normalize/tests/conformance.rs` through [`conformance::run_dir`], which evaluates via
-//! the Arrow builders.
+//! the Arrow builders, and again through [`conformance::run_dir_prepared`], which passes
+//! every resource through [`prepare_line`] first.
 //!
 //! # Canonical views (`schemas/views/`)
 //!
@@ -123,7 +137,9 @@
 
 pub mod conformance;
 pub mod fhirpath;
+mod prepare;
 mod view;
 
 pub use fhirpath::ParseError;
+pub use prepare::{decimal_text, marked_decimal, prepare_line, DECIMAL_MARKER};
 pub use view::{CompiledView, EvalError, OwnedViewBatchBuilder, ViewBatchBuilder, ViewError};

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use fhirhose_normalize::conformance::{run_dir, Report};
+use fhirhose_normalize::conformance::{run_dir, run_dir_prepared, Report};
 
 fn suite(dir: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,6 +38,15 @@ fn upstream_suite_passes() {
 #[test]
 fn newer_reference_key_tests_pass() {
     let report = run_dir(&suite("newer-indexed")).unwrap();
+    assert_all_pass(&report, 7);
+}
+
+#[test]
+fn upstream_suite_passes_on_prepared_lines() {
+    let report = run_dir_prepared(&suite("tests")).unwrap();
+    assert_eq!(report.files.len(), 22);
+    assert_all_pass(&report, 144);
+    let report = run_dir_prepared(&suite("newer-indexed")).unwrap();
     assert_all_pass(&report, 7);
 }
 

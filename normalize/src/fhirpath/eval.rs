@@ -8,6 +8,7 @@ use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::temporal;
 use super::{BinOp, ConstVal, Expr, Func, Literal, Step, StrKind, TypeOp};
+use crate::prepare::marked_decimal;
 
 /// An evaluation failure inside an expression. Messages carry no resource content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -136,7 +137,10 @@ pub(crate) fn prim<'x>(it: &'x Item<'_>) -> Prim<'x> {
             },
             Value::Static(StaticNode::F64(f)) => Prim::Dec(*f),
             Value::Static(StaticNode::Null) => Prim::Null,
-            Value::String(s) => Prim::Str(s),
+            Value::String(s) => match marked_decimal(s) {
+                Some(t) => Prim::Dec(t.parse().unwrap_or(f64::NAN)),
+                None => Prim::Str(s),
+            },
             _ => Prim::Complex,
         },
         Item::Bool(b) => Prim::Bool(*b),
@@ -525,6 +529,7 @@ pub(crate) fn is_type(it: &Item<'_>, t: &str) -> bool {
                 )
             }
             Value::Static(StaticNode::F64(_)) => t == "decimal" || t == "Decimal",
+            Value::String(s) if marked_decimal(s).is_some() => t == "decimal" || t == "Decimal",
             Value::String(_) => STRINGISH.contains(&t) || t == "String",
             Value::Object(o) => match o.get("resourceType").and_then(|r| r.as_str_opt()) {
                 Some(rt) => rt == t || t == "Resource" || t == "DomainResource",
@@ -584,7 +589,7 @@ fn to_text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
             ..
         } => {
             let s: &'a str = s;
-            Some(Cow::Borrowed(s))
+            Some(Cow::Borrowed(marked_decimal(s).unwrap_or(s)))
         }
         Item::Node {
             v: Value::Static(StaticNode::Bool(b)),
@@ -605,6 +610,20 @@ fn to_text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
             ..
         }
         | Item::Dec(f) => Some(Cow::Owned(temporal::float_text(*f))),
+        _ => None,
+    }
+}
+
+/// The source text of a node prepared by [`crate::prepare_line`] (`"\u{FDD0}1.50"`).
+pub(crate) fn node_decimal_text<'a>(it: &Item<'a>) -> Option<&'a str> {
+    match it {
+        Item::Node {
+            v: Value::String(s),
+            ..
+        } => {
+            let s: &'a str = s;
+            marked_decimal(s)
+        }
         _ => None,
     }
 }
@@ -642,6 +661,9 @@ fn boundary<'a>(it: &Item<'a>, high: bool) -> Option<Item<'a>> {
         K::Dec => {
             let text = match p {
                 Prim::Int(i) => i.to_string(),
+                Prim::Dec(_) if node_decimal_text(it).is_some() => {
+                    node_decimal_text(it).unwrap_or_default().to_owned()
+                }
                 Prim::Dec(d) => temporal::float_text(d),
                 Prim::Str(s) => s.to_owned(),
                 _ => return None,
@@ -1283,6 +1305,8 @@ fn call<'a>(
                 },
                 _ => match p {
                     Prim::Int(i) => out.push(Item::Dec(i as f64)),
+                    // A prepared decimal keeps its source text.
+                    Prim::Dec(_) if node_decimal_text(it).is_some() => out.push(it.clone()),
                     Prim::Dec(d) => out.push(Item::Dec(d)),
                     Prim::Bool(b) => out.push(Item::Dec(if b { 1.0 } else { 0.0 })),
                     Prim::Str(s) => out.extend(

@@ -47,9 +47,14 @@
 //!   strings, since without a model the engine cannot know they are dates.
 //! - Equality on collections is pairwise and ordered; `~` ignores case and whitespace for
 //!   strings only.
-//! - Decimal precision is whatever survives simd-json's `f64` parse (see the crate docs);
-//!   `lowBoundary()`/`highBoundary()` on decimals use the digits of the shortest
-//!   round-trip text, with at least one fractional digit (`1.0` → `0.95`/`1.05`).
+//! - Decimals read from lines prepared with [`crate::prepare_line`] keep their source
+//!   text (`toString()`, `toDecimal()`, columns, boundaries: `1.50.lowBoundary()` is
+//!   `1.495`) and compare and compute as `f64`; a prepared decimal is never a string
+//!   (`is string` is false). Unprepared decimals have whatever precision survives
+//!   simd-json's `f64` parse; their boundaries use the digits of the shortest round-trip
+//!   text, with at least one fractional digit (`1.0` → `0.95`/`1.05`).
+//! - Equality of complex values compares the JSON trees, so a prepared `1.50` inside a
+//!   Quantity is not equal to `1.5` in another.
 //!
 //! # Evaluation strategy
 //!

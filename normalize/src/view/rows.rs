@@ -17,6 +17,7 @@ use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
 use crate::fhirpath::eval::{eval, prim, relabel, to_strict_bool, Buf, Env, FpError, Item, Prim};
 use crate::fhirpath::temporal;
+use crate::prepare::{marked_decimal, write_json};
 
 /// Deepest `repeat` recursion followed before the resource is rejected.
 const MAX_REPEAT_DEPTH: usize = 64;
@@ -385,7 +386,7 @@ fn text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
             ..
         } => {
             let s: &'a str = s;
-            Some(Cow::Borrowed(s))
+            Some(Cow::Borrowed(marked_decimal(s).unwrap_or(s)))
         }
         Item::Node {
             v: Value::Static(StaticNode::Bool(b)),
@@ -409,7 +410,11 @@ fn text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
         Item::Node {
             v: v @ (Value::Object(_) | Value::Array(_)),
             ..
-        } => Some(Cow::Owned(v.encode())),
+        } => {
+            let mut s = String::new();
+            write_json(v, &mut s);
+            Some(Cow::Owned(s))
+        }
         Item::Node {
             v: Value::Static(StaticNode::Null),
             ..
