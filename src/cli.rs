@@ -45,6 +45,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Show runs and files from the state store.
     Status(StatusArgs),
+    /// SQL-on-FHIR views: conformance suite, ad-hoc evaluation, the canonical list.
+    Views(crate::views_cmd::ViewsArgs),
 }
 
 /// Options shared by commands that write a lake.
@@ -62,6 +64,9 @@ pub struct OutputArgs {
     /// Kafka compression codec.
     #[arg(long, env = "FHIRHOSE_KAFKA_COMPRESSION", default_value = "zstd")]
     pub kafka_compression: String,
+    /// Do not create missing topics (for clusters that auto-create them).
+    #[arg(long)]
+    pub no_create_topics: bool,
     /// Source name (tenant or EHR); part of raw keys and `ce_source`.
     #[arg(long, env = "FHIRHOSE_SOURCE", default_value = "local")]
     pub source: String,
@@ -90,6 +95,10 @@ pub struct OutputArgs {
     /// canonical view's name replaces it).
     #[arg(long, env = "FHIRHOSE_VIEWS")]
     pub views: Option<PathBuf>,
+    /// Raw objects up to this size are written with one create-only PUT; larger ones are
+    /// uploaded in parts and moved into place with a create-only copy.
+    #[arg(long, hide = true, default_value_t = fhirhose_sinks::raw::default_inline_limit())]
+    pub raw_inline_bytes: usize,
     /// Do not run the canonical views (only `resources` and `--views` tables are written).
     #[arg(long)]
     pub no_canonical_views: bool,
@@ -148,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Ingest(a) => ingest(a).await,
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Status(a) => status(a),
+        Command::Views(a) => crate::views_cmd::run(a).await,
     }
 }
 
@@ -216,6 +226,7 @@ pub async fn build_config(
         views: Arc::new(load_views(out)?),
         delivery_timeout: pipeline::default_delivery_timeout(),
         force: out.force,
+        raw_inline_bytes: out.raw_inline_bytes,
     })
 }
 
@@ -254,6 +265,7 @@ pub async fn connect_kafka(out: &OutputArgs) -> anyhow::Result<Option<Arc<Publis
     let mut kc = KafkaConfig::new(brokers);
     kc.topic_prefix = out.topic_prefix.clone();
     kc.compression = out.kafka_compression.clone();
+    kc.create_topics = !out.no_create_topics;
     Ok(Some(Arc::new(Publisher::connect(kc).await?)))
 }
 

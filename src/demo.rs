@@ -67,6 +67,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<u8> {
         kafka_brokers: brokers.clone(),
         topic_prefix: "fhir".into(),
         kafka_compression: "zstd".into(),
+        no_create_topics: mock.is_some(),
         source: "demo".into(),
         state: a.dir.join("state.db"),
         summary_json: Some(a.dir.join("summary.json")),
@@ -76,6 +77,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<u8> {
         force: mock.is_some(),
         strict: false,
         views: None,
+        raw_inline_bytes: fhirhose_sinks::raw::default_inline_limit(),
         no_canonical_views: false,
     };
     let kafka = connect_kafka(&out).await?;

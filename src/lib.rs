@@ -9,3 +9,4 @@ pub mod demo;
 pub mod lake;
 pub mod logging;
 pub mod pipeline;
+pub mod views_cmd;

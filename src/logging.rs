@@ -20,9 +20,17 @@ pub enum LogFormat {
 /// Installs the global subscriber. `level` is an `EnvFilter` directive (e.g. `info`,
 /// `fhirhose=debug`); `RUST_LOG` wins when set.
 pub fn init(format: LogFormat, level: &str) {
+    // librdkafka reports every failed connection attempt as an error; fhirhose reports what
+    // matters (unreachable brokers, failed deliveries) itself, so its chatter only shows at
+    // debug and trace.
+    let kafka = if matches!(level, "debug" | "trace") {
+        level
+    } else {
+        "off"
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
         EnvFilter::new(format!(
-            "warn,fhirhose={level},fhirhose_ingest={level},fhirhose_sinks={level},fhirhose_normalize={level},fhirhose_sandbox={level}"
+            "warn,librdkafka={kafka},rdkafka={kafka},fhirhose={level},fhirhose_ingest={level},fhirhose_sinks={level},fhirhose_normalize={level},fhirhose_sandbox={level}"
         ))
     });
     let builder = tracing_subscriber::fmt()

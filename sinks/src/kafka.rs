@@ -76,6 +76,9 @@ pub struct KafkaConfig {
     pub replication: i32,
     /// How long to wait for the broker on connect.
     pub connect_timeout: Duration,
+    /// Create missing topics with the admin API (brokers such as tansu do not auto-create);
+    /// off for clusters that auto-create (librdkafka's mock cluster).
+    pub create_topics: bool,
     /// Extra librdkafka properties (e.g. `security.protocol`), applied last.
     pub extra: Vec<(String, String)>,
 }
@@ -94,6 +97,7 @@ impl KafkaConfig {
             partitions: default_partitions(),
             replication: 1,
             connect_timeout: Duration::from_secs(10),
+            create_topics: true,
             extra: Vec::new(),
         }
     }
@@ -439,6 +443,13 @@ impl Publisher {
         {
             return Ok(());
         }
+        if !self.cfg.create_topics {
+            self.known_topics
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(topic.to_string());
+            return Ok(());
+        }
         let nt = NewTopic::new(
             topic,
             self.cfg.partitions,
@@ -533,6 +544,7 @@ mod tests {
         let brokers = cluster.bootstrap_servers();
         let mut cfg = KafkaConfig::new(brokers.clone());
         cfg.partitions = 1;
+        cfg.create_topics = false;
         let p = Publisher::connect(cfg).await.unwrap();
         let topic = p.topic_for("Patient");
         p.ensure_topic(&topic).await.unwrap();

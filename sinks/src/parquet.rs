@@ -215,10 +215,8 @@ mod tests {
         let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
         assert_eq!(reader.metadata().num_row_groups(), 3);
         let col = reader.metadata().row_group(0).column(0);
-        assert_eq!(
-            col.compression(),
-            Compression::ZSTD(ZstdLevel::try_new(3).unwrap())
-        );
+        // The level is not stored in the file; the codec is.
+        assert!(matches!(col.compression(), Compression::ZSTD(_)));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 6);
     }

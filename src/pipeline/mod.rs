@@ -84,6 +84,8 @@ pub struct IngestConfig {
     pub delivery_timeout: Duration,
     /// Process files even when the state store says they are done.
     pub force: bool,
+    /// See [`fhirhose_sinks::raw::default_inline_limit`].
+    pub raw_inline_bytes: usize,
 }
 
 /// Outcome of one file task.
@@ -309,6 +311,10 @@ pub async fn run_ingest(cfg: Arc<IngestConfig>, inputs: Vec<InputFile>) -> RunSu
     } else {
         "partial".into()
     };
+    // A run that landed nothing (every file already done) leaves the lake untouched.
+    if s.files_done + s.files_failed == 0 {
+        return s;
+    }
     if let Err(e) = write_manifest(&cfg, &s).await {
         warn!(error = %e, "run manifest could not be written");
     }
@@ -627,7 +633,11 @@ async fn ingest_file_inner(
 
     let reader = async {
         let mut r = input.open().await?;
-        let mut raw = RawWriter::new(Arc::clone(&store), ObjectPath::from(keys.raw.clone()));
+        let mut raw = RawWriter::with_inline_limit(
+            Arc::clone(&store),
+            ObjectPath::from(keys.raw.clone()),
+            cfg.raw_inline_bytes,
+        );
         let mut framer = Framer::new(cfg.framer);
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
         let mut frames = Vec::new();
