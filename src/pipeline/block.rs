@@ -224,6 +224,7 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
     for (line_no, _, _) in block.lines() {
         last_line = line_no;
     }
+    let has_views = !ctx.views.is_empty();
     SCRATCH.with(|cell| {
         let mut guard = cell.borrow_mut();
         let (scratch, buffers) = &mut *guard;
@@ -277,7 +278,13 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
                 continue;
             }
             scratch.clear();
-            scratch.extend_from_slice(line);
+            if has_views {
+                // Decimals become marked strings so views keep their exact text (1.50 stays
+                // 1.50); the resource's own bytes (raw, `resource`, Kafka) are untouched.
+                fhirhose_normalize::prepare_line(line, scratch);
+            } else {
+                scratch.extend_from_slice(line);
+            }
             let value = match simd_json::to_borrowed_value_with_buffers(scratch, buffers) {
                 Ok(v) => v,
                 Err(e) => {
