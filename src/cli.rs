@@ -365,6 +365,24 @@ pub fn print_summary(s: &RunSummary) {
             println!("    {t:<28} {n:>10}");
         }
     }
+    if !s.deleted_by_type.is_empty() {
+        println!("  deletions by type:");
+        for (t, n) in &s.deleted_by_type {
+            println!("    {t:<28} {n:>10}");
+        }
+    }
+    if !s.outcomes_by_severity.is_empty() {
+        println!("  server-reported issues (error files) by severity:");
+        for (t, n) in &s.outcomes_by_severity {
+            println!("    {t:<28} {n:>10}");
+        }
+    }
+    if s.view_errors > 0 {
+        println!(
+            "  view errors: {} resources could not be evaluated by a view (landed everywhere else)",
+            s.view_errors
+        );
+    }
     if s.events_published {
         println!("  events by topic:");
         for (t, n) in &s.events_by_topic {

@@ -482,20 +482,23 @@ impl Publisher {
     }
 
     /// Sends one record, waiting while librdkafka's queue is full. The delivery is counted
-    /// in `tracker`.
+    /// in `tracker`. A `None` payload is a tombstone (used for deletes, so that compacted
+    /// topics drop the resource).
     pub async fn send(
         &self,
         topic: &str,
         key: &[u8],
-        payload: &[u8],
+        payload: Option<&[u8]>,
         headers: OwnedHeaders,
         tracker: &Arc<DeliveryTracker>,
     ) -> Result<(), PublishError> {
         tracker.sent.fetch_add(1, Ordering::AcqRel);
         let mut record = BaseRecord::with_opaque_to(topic, Arc::clone(tracker))
             .key(key)
-            .payload(payload)
             .headers(headers);
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
         let mut backoff = Duration::from_micros(200);
         loop {
             match self.producer.send(record) {
@@ -565,7 +568,7 @@ mod tests {
             p.send(
                 &topic,
                 subject.as_bytes(),
-                b"{}",
+                Some(b"{}"),
                 meta.headers(&[]),
                 &tracker,
             )

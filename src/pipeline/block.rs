@@ -17,6 +17,7 @@ use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use bytes::Bytes;
 use fhirhose_ingest::framing::{Block, Oversize};
+use fhirhose_ingest::source::FileKind;
 use fhirhose_sinks::deadletter::{DeadLetter, Reason};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
@@ -31,6 +32,7 @@ pub(crate) const MAX_JSON_DEPTH: usize = 128;
 /// Everything a worker needs to know about the file it works on.
 #[derive(Debug)]
 pub(crate) struct FileCtx {
+    pub kind: FileKind,
     pub raw_key: Arc<str>,
     pub run_id: Arc<str>,
     pub ingested_at_us: i64,
@@ -50,6 +52,15 @@ pub(crate) struct EventRec {
     pub ce_id: String,
 }
 
+/// A deletion from a Bulk Data `deleted` file.
+#[derive(Debug)]
+pub(crate) struct DeleteRec {
+    pub line: u64,
+    pub entry: usize,
+    pub resource_type: String,
+    pub id: String,
+}
+
 /// A dead letter and, when the bytes are at hand, where they are in the block.
 #[derive(Debug)]
 pub(crate) struct DeadRec {
@@ -67,6 +78,12 @@ pub(crate) struct BlockOut {
     pub views: ViewOutputs,
     pub events: Vec<EventRec>,
     pub dead: Vec<DeadRec>,
+    pub deletes: Vec<DeleteRec>,
+    pub deletions: Option<RecordBatch>,
+    /// OperationOutcome issues of an `error` file, by severity.
+    pub outcomes: Vec<(String, u64)>,
+    /// Resources a view could not evaluate (they land everywhere else).
+    pub view_errors: u64,
 }
 
 /// Schema of the `resources` table.
@@ -78,6 +95,19 @@ pub(crate) fn resources_schema() -> SchemaRef {
         Field::new("version_id", DataType::Utf8, true),
         Field::new("last_updated", ts.clone(), true),
         Field::new("resource", DataType::Utf8, false),
+        Field::new("_raw_key", DataType::Utf8, false),
+        Field::new("_line", DataType::Int64, false),
+        Field::new("_run_id", DataType::Utf8, false),
+        Field::new("_ingested_at", ts, false),
+    ]))
+}
+
+/// Schema of the `deletions` table (from Bulk Data `deleted` files).
+pub(crate) fn deletions_schema() -> SchemaRef {
+    let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+    Arc::new(Schema::new(vec![
+        Field::new("resource_type", DataType::Utf8, false),
+        Field::new("id", DataType::Utf8, false),
         Field::new("_raw_key", DataType::Utf8, false),
         Field::new("_line", DataType::Int64, false),
         Field::new("_run_id", DataType::Utf8, false),
@@ -311,6 +341,43 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
                 ));
                 continue;
             };
+            match ctx.kind {
+                FileKind::Resources => {}
+                FileKind::Deleted => {
+                    match deleted_entries(&value) {
+                        Some(entries) if !entries.is_empty() => {
+                            for (entry, (t, id)) in entries.into_iter().enumerate() {
+                                out.deletes.push(DeleteRec {
+                                    line: line_no,
+                                    entry,
+                                    resource_type: t.to_string(),
+                                    id: id.to_string(),
+                                });
+                            }
+                        }
+                        _ => out.dead.push(dead(
+                            Reason::MissingResourceType,
+                            "deleted-file line is not a Bundle with DELETE entries".into(),
+                        )),
+                    }
+                    continue;
+                }
+                FileKind::Error => {
+                    let issues = value
+                        .get("issue")
+                        .and_then(|i| i.as_array())
+                        .map(|a| a.as_slice())
+                        .unwrap_or(&[]);
+                    for issue in issues {
+                        let sev = issue.get_str("severity").unwrap_or("unknown");
+                        match out.outcomes.iter_mut().find(|(s, _)| s == sev) {
+                            Some((_, n)) => *n += 1,
+                            None => out.outcomes.push((sev.to_string(), 1)),
+                        }
+                    }
+                    continue;
+                }
+            }
             let Some(rtype) = obj
                 .get("resourceType")
                 .and_then(|v| v.as_str())
@@ -357,8 +424,61 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
         }
     });
     out.resources = rb.finish();
+    out.view_errors = views.errors;
     out.views = views.finish(&ctx.run_id, ctx.ingested_at_us);
+    if !out.deletes.is_empty() {
+        let n = out.deletes.len();
+        let mut t = StringBuilder::with_capacity(n, n * 12);
+        let mut id = StringBuilder::with_capacity(n, n * 36);
+        let mut rk = StringBuilder::with_capacity(n, n * 48);
+        let mut ln = Int64Builder::with_capacity(n);
+        let mut run = StringBuilder::with_capacity(n, n * 32);
+        let mut at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        for d in &out.deletes {
+            t.append_value(&d.resource_type);
+            id.append_value(&d.id);
+            rk.append_value(&*ctx.raw_key);
+            ln.append_value(d.line as i64);
+            run.append_value(&*ctx.run_id);
+            at.append_value(ctx.ingested_at_us);
+        }
+        let cols: Vec<ArrayRef> = vec![
+            Arc::new(t.finish()),
+            Arc::new(id.finish()),
+            Arc::new(rk.finish()),
+            Arc::new(ln.finish()),
+            Arc::new(run.finish()),
+            Arc::new(at.finish()),
+        ];
+        out.deletions =
+            Some(RecordBatch::try_new(deletions_schema(), cols).expect("columns match the schema"));
+    }
     out
+}
+
+/// The `(type, id)` of every DELETE entry of a Bulk Data `deleted` line (a Bundle whose
+/// entries carry `request: {method: DELETE, url: "Type/id"}`).
+fn deleted_entries<'v>(value: &'v BorrowedValue<'_>) -> Option<Vec<(&'v str, &'v str)>> {
+    if value.get_str("resourceType") != Some("Bundle") {
+        return None;
+    }
+    let entries = value.get("entry")?.as_array()?;
+    let mut out = Vec::with_capacity(entries.len());
+    for e in entries {
+        let req = e.get("request")?;
+        if !req.get_str("method")?.eq_ignore_ascii_case("DELETE") {
+            continue;
+        }
+        let url = req.get_str("url")?;
+        let path = url.split(['?', '#']).next().unwrap_or(url);
+        let mut parts = path.rsplit('/');
+        let id = parts.next()?;
+        let t = parts.next()?;
+        if is_resource_type(t) && is_fhir_id(id) {
+            out.push((t, id));
+        }
+    }
+    Some(out)
 }
 
 /// `resourceType`: an uppercase letter then letters and digits.
@@ -385,6 +505,7 @@ mod tests {
 
     fn ctx() -> FileCtx {
         FileCtx {
+            kind: FileKind::Resources,
             raw_key: "raw/x".into(),
             run_id: "run".into(),
             ingested_at_us: 0,
@@ -457,5 +578,70 @@ mod tests {
         let (s, l) = d.span.unwrap();
         assert_eq!(&out.data[s..s + l], b"{not json");
         assert_eq!(d.letter.offset, s as u64);
+    }
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::*;
+
+    fn ctx(kind: FileKind) -> FileCtx {
+        FileCtx {
+            kind,
+            raw_key: "raw/d".into(),
+            run_id: "run".into(),
+            ingested_at_us: 0,
+            max_line_bytes: 10_000,
+            views: Arc::new(ViewSet::empty()),
+        }
+    }
+
+    #[test]
+    fn deleted_files_become_deletions_not_resources() {
+        let data = b"{\"resourceType\":\"Bundle\",\"type\":\"transaction\",\"entry\":[{\"request\":{\"method\":\"DELETE\",\"url\":\"Patient/p1\"}},{\"request\":{\"method\":\"DELETE\",\"url\":\"Observation/o9\"}}]}\n{\"resourceType\":\"Patient\",\"id\":\"x\"}\n";
+        let out = process_block(
+            &ctx(FileKind::Deleted),
+            Block {
+                data: Bytes::from_static(data),
+                first_line: 1,
+                offset: 0,
+                unterminated_tail: false,
+            },
+        );
+        let d: Vec<_> = out
+            .deletes
+            .iter()
+            .map(|d| (d.resource_type.as_str(), d.id.as_str(), d.line))
+            .collect();
+        assert_eq!(d, vec![("Patient", "p1", 1), ("Observation", "o9", 1)]);
+        assert!(out.resources.is_none());
+        assert!(out.events.is_empty());
+        assert_eq!(out.deletions.unwrap().num_rows(), 2);
+        assert_eq!(
+            out.dead.len(),
+            1,
+            "a non-Bundle line in a deleted file is a dead letter"
+        );
+    }
+
+    #[test]
+    fn error_files_are_counted_by_severity() {
+        let data = b"{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\",\"code\":\"processing\"},{\"severity\":\"warning\",\"code\":\"x\"}]}\n{\"resourceType\":\"OperationOutcome\",\"issue\":[{\"severity\":\"error\"}]}\n";
+        let out = process_block(
+            &ctx(FileKind::Error),
+            Block {
+                data: Bytes::from_static(data),
+                first_line: 1,
+                offset: 0,
+                unterminated_tail: false,
+            },
+        );
+        let mut o = out.outcomes.clone();
+        o.sort();
+        assert_eq!(
+            o,
+            vec![("error".to_string(), 2), ("warning".to_string(), 1)]
+        );
+        assert!(out.resources.is_none());
     }
 }

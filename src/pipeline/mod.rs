@@ -32,7 +32,7 @@ use fhirhose_ingest::source::InputFile;
 use fhirhose_ingest::state::{FileRecord, FileStatus, StateStore};
 use fhirhose_sinks::deadletter::DeadLetterWriter;
 use fhirhose_sinks::kafka::{
-    DeliveryTracker, EventMeta, Publisher, CE_TYPE_DEADLETTER, CE_TYPE_UPSERT,
+    DeliveryTracker, EventMeta, Publisher, CE_TYPE_DEADLETTER, CE_TYPE_DELETE, CE_TYPE_UPSERT,
 };
 use fhirhose_sinks::parquet::{ParquetConfig, TableWriter};
 use fhirhose_sinks::raw::RawWriter;
@@ -45,7 +45,8 @@ use tracing::{info, warn};
 
 use crate::lake::Lake;
 use block::{
-    process_block, process_oversize, resources_schema, BlockOut, FileCtx, RESOURCES_VERSION,
+    deletions_schema, process_block, process_oversize, resources_schema, BlockOut, FileCtx,
+    RESOURCES_VERSION,
 };
 pub use views::ViewSet;
 
@@ -117,6 +118,12 @@ pub struct FileReport {
     pub parquet_rows_by_table: BTreeMap<String, u64>,
     /// Parquet objects written.
     pub parquet_keys: Vec<String>,
+    /// Deletions (from Bulk Data `deleted` files) per resource type.
+    pub deleted_by_type: BTreeMap<String, u64>,
+    /// OperationOutcome issues (from Bulk Data `error` files) per severity.
+    pub outcomes_by_severity: BTreeMap<String, u64>,
+    /// Resources that a view could not evaluate (they landed everywhere else).
+    pub view_errors: u64,
     /// Error, when failed (no PHI: a class and a location).
     pub error: Option<String>,
 }
@@ -158,6 +165,12 @@ pub struct RunSummary {
     pub events_by_topic: BTreeMap<String, u64>,
     /// Parquet rows per table.
     pub parquet_rows_by_table: BTreeMap<String, u64>,
+    /// Deletions per resource type.
+    pub deleted_by_type: BTreeMap<String, u64>,
+    /// OperationOutcome issues from `error` files, per severity.
+    pub outcomes_by_severity: BTreeMap<String, u64>,
+    /// Resources that a view could not evaluate.
+    pub view_errors: u64,
     /// Wall time in seconds.
     pub wall_time_s: f64,
     /// Raw MB (10^6 bytes) per second of wall time.
@@ -186,6 +199,9 @@ impl RunSummary {
         self.dead_letters += f.dead_letters_by_reason.values().sum::<u64>();
         merge(&mut self.events_by_topic, &f.events_by_topic);
         merge(&mut self.parquet_rows_by_table, &f.parquet_rows_by_table);
+        merge(&mut self.deleted_by_type, &f.deleted_by_type);
+        merge(&mut self.outcomes_by_severity, &f.outcomes_by_severity);
+        self.view_errors += f.view_errors;
     }
 }
 
@@ -435,6 +451,7 @@ struct FileSinks<'a> {
     keys: &'a FileKeys,
     source_uri: String,
     resources: Option<TableWriter>,
+    deletions: Option<TableWriter>,
     views: HashMap<usize, TableWriter>,
     dead: DeadLetterWriter,
     tracker: Arc<DeliveryTracker>,
@@ -478,6 +495,67 @@ impl FileSinks<'_> {
                 .expect("created above")
                 .write(batch)
                 .await?;
+        }
+        if let Some(batch) = &out.deletions {
+            if self.deletions.is_none() {
+                let key = ObjectPath::from(format!(
+                    "tables/deletions/{RESOURCES_VERSION}/{}",
+                    self.keys.part_name
+                ));
+                self.deletions = Some(TableWriter::create(
+                    Arc::clone(store),
+                    key,
+                    deletions_schema(),
+                    &self.cfg.parquet,
+                )?);
+            }
+            self.deletions
+                .as_mut()
+                .expect("created above")
+                .write(batch)
+                .await?;
+        }
+        for (sev, n) in &out.outcomes {
+            *self
+                .report
+                .outcomes_by_severity
+                .entry(sev.clone())
+                .or_default() += n;
+        }
+        self.report.view_errors += out.view_errors;
+        for d in &out.deletes {
+            *self
+                .report
+                .deleted_by_type
+                .entry(d.resource_type.clone())
+                .or_default() += 1;
+        }
+        if let Some(publisher) = self.cfg.kafka.clone() {
+            for d in &out.deletes {
+                let topic = self.topic(&publisher, &d.resource_type).await?;
+                let subject = format!("{}/{}", d.resource_type, d.id);
+                let id = format!("del-{}-{}", block::ce_id(&self.keys.raw, d.line), d.entry);
+                let meta = EventMeta {
+                    ce_id: &id,
+                    source: &self.source_uri,
+                    ce_type: CE_TYPE_DELETE,
+                    subject: &subject,
+                    time: None,
+                    raw_key: &self.keys.raw,
+                    line: d.line,
+                    run_id: &self.cfg.run_id,
+                };
+                publisher
+                    .send(
+                        &topic,
+                        subject.as_bytes(),
+                        None,
+                        meta.headers(&[]),
+                        &self.tracker,
+                    )
+                    .await?;
+                *self.report.events_by_topic.entry(topic).or_default() += 1;
+            }
         }
         for (idx, batch) in &out.views {
             if !self.views.contains_key(idx) {
@@ -526,7 +604,7 @@ impl FileSinks<'_> {
                     .send(
                         &topic,
                         subject.as_bytes(),
-                        &out.data[ev.start..ev.start + ev.len],
+                        Some(&out.data[ev.start..ev.start + ev.len]),
                         meta.headers(&[]),
                         &self.tracker,
                     )
@@ -561,7 +639,9 @@ impl FileSinks<'_> {
                     line: d.letter.line,
                     run_id: &run_id,
                 };
-                let payload: &[u8] = d.span.map_or(&[][..], |(s, l)| &out.data[s..s + l]);
+                // Oversize lines have no bytes at hand: an empty value, the pointer in headers.
+                let payload: Option<&[u8]> =
+                    Some(d.span.map_or(&[][..], |(s, l)| &out.data[s..s + l]));
                 publisher
                     .send(
                         &topic,
@@ -582,6 +662,15 @@ impl FileSinks<'_> {
     }
 
     async fn finish(mut self) -> Result<FileReport, FileError> {
+        if let Some(w) = self.deletions.take() {
+            self.report.parquet_keys.push(w.key().to_string());
+            let rows = w.close().await?;
+            *self
+                .report
+                .parquet_rows_by_table
+                .entry("deletions".into())
+                .or_default() += rows;
+        }
         if let Some(w) = self.resources.take() {
             self.report.parquet_keys.push(w.key().to_string());
             let rows = w.close().await?;
@@ -677,6 +766,7 @@ async fn ingest_file_inner(
     };
 
     let ctx = Arc::new(FileCtx {
+        kind: input.kind,
         raw_key: keys.raw.as_str().into(),
         run_id: cfg.run_id.as_str().into(),
         ingested_at_us: now_us(),
@@ -689,6 +779,7 @@ async fn ingest_file_inner(
             keys,
             source_uri: format!("urn:fhirhose:source:{}", key_segment(&cfg.source)),
             resources: None,
+            deletions: None,
             views: HashMap::new(),
             dead: DeadLetterWriter::new(
                 Arc::clone(&store),
