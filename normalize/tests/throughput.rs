@@ -7,7 +7,8 @@
 //! k-th line); `ROUNDS=n` passes (default 3); `SKIP_VIEWS=1` parse only. Wall-clock
 //! numbers are noisy on shared machines; for comparisons run under
 //! `valgrind --tool=callgrind` with `ROUNDS=1 LIMIT=2000` and compare the inclusive cost
-//! of `BatchState::append` with that of `to_borrowed_value`.
+//! of `BatchState::append` with that of `to_borrowed_value`. `PLAIN=1` skips
+//! `prepare_line` in the view loop.
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -53,7 +54,7 @@ fn parse_vs_view_cost() {
         })
         .collect();
     let mut builders: Vec<_> = views.iter().map(CompiledView::builder).collect();
-    let (mut parse, mut eval) = (Duration::ZERO, Duration::ZERO);
+    let (mut parse, mut eval, mut copy) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut rows = 0;
     let mut per_view = vec![Duration::ZERO; views.len()];
     // PER_VIEW=1 times each view separately (adds clock overhead to the total).
@@ -81,12 +82,44 @@ fn parse_vs_view_cost() {
         lines = lines.into_iter().step_by(step).collect();
     }
     let bytes: usize = lines.iter().map(Vec::len).sum();
+    let mut buffers = simd_json::Buffers::default();
+    // Baselines, each in its own loop: the tape parse (the ceiling), the
+    // BorrowedValue parse the engine needs, and the same with `prepare_line`.
+    let mut tape_t = Duration::ZERO;
+    let mut prep_t = Duration::ZERO;
     for _ in 0..rounds {
         for l in &lines {
             buf.clear();
             buf.extend_from_slice(l);
             let t0 = Instant::now();
-            let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+            let tape = simd_json::to_tape_with_buffers(&mut buf, &mut buffers).unwrap();
+            std::hint::black_box(&tape);
+            drop(tape);
+            tape_t += t0.elapsed();
+        }
+        for l in &lines {
+            buf.clear();
+            let t0 = Instant::now();
+            fhirhose_normalize::prepare_line(l, &mut buf);
+            let v = simd_json::to_borrowed_value_with_buffers(&mut buf, &mut buffers).unwrap();
+            std::hint::black_box(&v);
+            drop(v);
+            prep_t += t0.elapsed();
+        }
+    }
+    // PLAIN=1 evaluates unprepared lines (f64 decimals).
+    let prepare = std::env::var_os("PLAIN").is_none();
+    for _ in 0..rounds {
+        for l in &lines {
+            buf.clear();
+            let t0 = Instant::now();
+            if prepare {
+                fhirhose_normalize::prepare_line(l, &mut buf);
+            } else {
+                buf.extend_from_slice(l);
+            }
+            let tp = Instant::now();
+            let v = simd_json::to_borrowed_value_with_buffers(&mut buf, &mut buffers).unwrap();
             let t1 = Instant::now();
             if skip_views {
                 std::hint::black_box(&v);
@@ -102,23 +135,31 @@ fn parse_vs_view_cost() {
                 }
             }
             eval += t1.elapsed();
-            parse += t1 - t0;
+            parse += t1 - tp;
+            copy += tp - t0;
         }
         for b in &mut builders {
             b.finish();
         }
     }
     let mb = rounds as f64 * bytes as f64 / 1e6;
+    let n = (rounds * lines.len()) as f64;
+    let ns = |d: Duration| d.as_secs_f64() * 1e9 / n;
     eprintln!(
-        "{} resources x3, {mb:.1} MB, {rows} rows: parse {:?} ({:.0} MB/s), {} views {:?} (ratio {:.2})",
+        "{} resources x{rounds}, {mb:.1} MB, {rows} rows\n  tape parse      {:>7.0} ns/resource ({:.0} MB/s)\n  borrowed parse  {:>7.0} ns/resource ({:.0} MB/s)\n  prepare+parse   {:>7.0} ns/resource\n  {} views        {:>7.0} ns/resource (views / borrowed parse {:.2})\n  line copy       {:>7.0} ns/resource\n  copy+parse+views = {:.0}% of the tape ceiling (Parquet not included)",
         lines.len(),
-        parse,
+        ns(tape_t),
+        mb / tape_t.as_secs_f64(),
+        ns(parse),
         mb / parse.as_secs_f64(),
+        ns(prep_t),
         views.len(),
-        eval,
-        eval.as_secs_f64() / parse.as_secs_f64()
+        ns(eval),
+        eval.as_secs_f64() / parse.as_secs_f64(),
+        ns(copy),
+        100.0 * tape_t.as_secs_f64() / (copy + parse + eval).as_secs_f64(),
     );
     for (v, t) in views.iter().zip(&per_view).filter(|_| per_view_timing) {
-        eprintln!("  {:<28} {:>8.1} ms", v.name(), t.as_secs_f64() * 1e3);
+        eprintln!("  {:<28} {:>8.1} ns/resource", v.name(), ns(*t));
     }
 }
