@@ -7,7 +7,9 @@
 //! This crate knows nothing of sinks or normalization; the `fhirhose` binary joins them.
 
 pub mod auth;
+pub mod bulk;
 pub mod framing;
 pub mod http;
+pub mod search;
 pub mod source;
 pub mod state;
