@@ -50,7 +50,15 @@
 //!   [`CompiledView::owned_builder`] on an `Arc<CompiledView>` → [`OwnedViewBatchBuilder`].
 //!   Both have `append(&BorrowedValue) -> Result<usize, EvalError>`, `len()`,
 //!   `finish() -> Vec<ArrayRef>` (resets) and `finish_batch() -> Result<RecordBatch, _>`.
-//! - [`conformance::run_dir`] / [`conformance::run_file`] run the official test suite;
+//! - [`ViewGroup`]: every view of one resource type evaluated together (one type check and
+//!   one pass over the root keys per resource for all of them). `ViewGroup::new(Vec<Arc<
+//!   CompiledView>>) -> Result<ViewGroup, ViewError>` (all of one type),
+//!   `ViewGroup::group_all(impl IntoIterator<Item = Arc<CompiledView>>) -> Vec<ViewGroup>`,
+//!   `resource()`, `views()`, `append(&BorrowedValue) -> &[Result<usize, EvalError>]` (one
+//!   result per view, errors kept per view), `len(i)`, `is_empty()`, `finish(i) ->
+//!   Vec<ArrayRef>`, `finish_batch(i)`.
+//! - [`conformance::run_dir`] / [`conformance::run_file`] run the official test suite
+//!   (`run_dir_prepared` / `run_file_prepared`: the same through [`prepare_line`]);
 //!   [`conformance::Report::to_official_json`] writes the official report format.
 //!
 //! # Invariants
@@ -142,4 +150,6 @@ mod view;
 
 pub use fhirpath::ParseError;
 pub use prepare::{decimal_text, marked_decimal, prepare_line, DECIMAL_MARKER};
-pub use view::{CompiledView, EvalError, OwnedViewBatchBuilder, ViewBatchBuilder, ViewError};
+pub use view::{
+    CompiledView, EvalError, OwnedViewBatchBuilder, ViewBatchBuilder, ViewError, ViewGroup,
+};

@@ -15,7 +15,9 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use fhirhose_normalize::CompiledView;
+use std::sync::Arc;
+
+use fhirhose_normalize::{CompiledView, ViewGroup};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -45,20 +47,32 @@ fn parse_vs_view_cost() {
     let only: Option<Vec<String>> = std::env::var("ONLY")
         .ok()
         .map(|o| o.split(',').map(str::to_owned).collect());
-    let views: Vec<CompiledView> = views
+    let views: Vec<Arc<CompiledView>> = views
         .iter()
-        .map(|p| CompiledView::from_json_slice(&fs::read(p).unwrap()).unwrap())
+        .map(|p| Arc::new(CompiledView::from_json_slice(&fs::read(p).unwrap()).unwrap()))
         .filter(|v| {
             only.as_ref()
                 .is_none_or(|o| o.iter().any(|n| n == v.name()))
         })
         .collect();
-    let mut builders: Vec<_> = views.iter().map(CompiledView::builder).collect();
+    let mut builders: Vec<_> = views.iter().map(|v| v.builder()).collect();
+    let mut by_type: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (i, v) in views.iter().enumerate() {
+        by_type.entry(v.resource()).or_default().push(i);
+    }
     let (mut parse, mut eval, mut copy) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
     let mut rows = 0;
     let mut per_view = vec![Duration::ZERO; views.len()];
     // PER_VIEW=1 times each view separately (adds clock overhead to the total).
     let per_view_timing = std::env::var_os("PER_VIEW").is_some();
+    // SEPARATE=1 uses one builder per view instead of a `ViewGroup` per resource type.
+    let grouped = std::env::var_os("SEPARATE").is_none() && !per_view_timing;
+    let mut groups = ViewGroup::group_all(views.iter().cloned());
+    let group_of: std::collections::HashMap<String, usize> = groups
+        .iter()
+        .enumerate()
+        .map(|(i, g)| (g.resource().to_owned(), i))
+        .collect();
     // SKIP_VIEWS=1 parses only: compare instruction counts (`perf stat`) with and without
     // to get the view cost on a loaded machine.
     let skip_views = std::env::var_os("SKIP_VIEWS").is_some();
@@ -129,9 +143,30 @@ fn parse_vs_view_cost() {
                     rows += b.append(&v).unwrap();
                     per_view[i] += t.elapsed();
                 }
+            } else if grouped {
+                let rt = match &v {
+                    simd_json::BorrowedValue::Object(o) => match o.get("resourceType") {
+                        Some(simd_json::BorrowedValue::String(s)) => s.as_ref(),
+                        _ => "",
+                    },
+                    _ => "",
+                };
+                if let Some(&g) = group_of.get(rt) {
+                    for r in groups[g].append(&v) {
+                        rows += r.as_ref().unwrap();
+                    }
+                }
             } else {
-                for b in &mut builders {
-                    rows += b.append(&v).unwrap();
+                // Dispatch on the resource type, as the pipeline does.
+                let rt = match &v {
+                    simd_json::BorrowedValue::Object(o) => match o.get("resourceType") {
+                        Some(simd_json::BorrowedValue::String(s)) => s.as_ref(),
+                        _ => "",
+                    },
+                    _ => "",
+                };
+                for &i in by_type.get(rt).map_or(&[][..], Vec::as_slice) {
+                    rows += builders[i].append(&v).unwrap();
                 }
             }
             eval += t1.elapsed();
@@ -140,6 +175,11 @@ fn parse_vs_view_cost() {
         }
         for b in &mut builders {
             b.finish();
+        }
+        for g in &mut groups {
+            for i in 0..g.views().len() {
+                g.finish(i);
+            }
         }
     }
     let mb = rounds as f64 * bytes as f64 / 1e6;

@@ -571,7 +571,12 @@ impl RootIndex {
         }
     }
 
-    fn slot(&mut self, name: &str) -> Option<u16> {
+    /// The root keys, by slot.
+    pub(crate) fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub(crate) fn slot(&mut self, name: &str) -> Option<u16> {
         if let Some(i) = self.names.iter().position(|n| n == name) {
             return u16::try_from(i).ok();
         }

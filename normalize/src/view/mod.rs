@@ -11,6 +11,7 @@
 
 pub(crate) mod arrow;
 pub(crate) mod compile;
+pub(crate) mod group;
 pub(crate) mod rows;
 
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::fhirpath::eval::relabel;
 use crate::fhirpath::{ConstVal, Expr, ParseError, RootIndex};
 use arrow::ColBuilder;
 use compile::{ColumnMeta, SelectPlan};
+pub use group::ViewGroup;
 
 /// A ViewDefinition was rejected. `at` names the offending element, e.g.
 /// `select[1].column[0].path`.
@@ -220,14 +222,24 @@ impl BatchState {
         }
         let mut slots = relabel(std::mem::take(&mut self.spare_slots));
         view.root_index.fill(resource, &mut slots);
+        let result = self.append_with_slots(view, resource, &slots);
+        self.spare_slots = relabel(slots);
+        result
+    }
+
+    /// [`append`](Self::append) for a resource already known to be of the view's type,
+    /// with its root slots filled.
+    fn append_with_slots<'a>(
+        &mut self,
+        view: &'a CompiledView,
+        resource: &'a BorrowedValue<'a>,
+        slots: &'a [Option<&'a BorrowedValue<'a>>],
+    ) -> Result<usize, EvalError> {
         let cells = relabel(std::mem::take(&mut self.spare));
-        let result = rows::eval_view(view, resource, &slots, cells);
+        let result = rows::eval_view(view, resource, slots, cells);
         let frag = match result {
             Ok(Some(frag)) => frag,
-            Ok(None) => {
-                self.spare_slots = relabel(slots);
-                return Ok(0);
-            }
+            Ok(None) => return Ok(0),
             Err(e) => return Err(e),
         };
         if frag.width > 0 {
@@ -240,7 +252,6 @@ impl BatchState {
         self.rows += frag.rows;
         let n = frag.rows;
         self.spare = relabel(frag.cells);
-        self.spare_slots = relabel(slots);
         Ok(n)
     }
 
