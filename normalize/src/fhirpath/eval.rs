@@ -950,6 +950,147 @@ fn eval_path<'a>(
     Ok(())
 }
 
+/// Can [`single_node`] evaluate `e`? A chain from the input of plain field steps (no
+/// resource-type prefix, no primitive-extension sibling), fused `name.ofType(T)` steps and
+/// `first()`: the shape of most view columns.
+pub(crate) fn is_simple_path(e: &Expr) -> bool {
+    match e {
+        Expr::Path { start, steps } => {
+            matches!(**start, Expr::This)
+                && !steps.is_empty()
+                && steps.iter().all(|s| match s {
+                    Step::Field {
+                        type_prefix, under, ..
+                    } => !*type_prefix && under.is_none(),
+                    Step::Choice { .. } | Step::First => true,
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}
+
+/// Outcome of one branch of [`single_node`]'s walk.
+enum Walk {
+    Continue,
+    /// A `first()` took its item: stop the steps before it.
+    Stop,
+    /// Needs the general evaluator (a choice-type scan, a type filter, or several results).
+    Bail,
+}
+
+/// Evaluates a simple path ([`is_simple_path`]) from one node without building
+/// collections: `Some(None)` for an empty result, `Some(Some(node))` for exactly one node,
+/// `None` when the general evaluator must decide (including for several results, so that
+/// it reports the error). Results are those of [`eval`] on the same path.
+pub(crate) fn single_node<'a>(
+    e: &'a Expr,
+    env: &Env<'a>,
+    this: &'a Value<'a>,
+) -> Option<Option<&'a Value<'a>>> {
+    let Expr::Path { steps, .. } = e else {
+        return None;
+    };
+    let mut found = None;
+    let mut n = 0;
+    match walk(env, this, steps, &mut found, &mut n) {
+        Walk::Bail => None,
+        Walk::Continue | Walk::Stop => Some(found),
+    }
+}
+
+fn walk<'a>(
+    env: &Env<'a>,
+    v: &'a Value<'a>,
+    steps: &'a [Step],
+    found: &mut Option<&'a Value<'a>>,
+    n: &mut usize,
+) -> Walk {
+    let Some((step, rest)) = steps.split_first() else {
+        if *n > 0 {
+            return Walk::Bail;
+        }
+        *found = Some(v);
+        *n = 1;
+        return Walk::Continue;
+    };
+    match step {
+        Step::First => match walk(env, v, rest, found, n) {
+            Walk::Bail => Walk::Bail,
+            _ => Walk::Stop,
+        },
+        Step::Field {
+            name, choice, slot, ..
+        } => {
+            let x = match root_slot(env, v, *slot) {
+                Some(x) => x,
+                None => match v {
+                    Value::Object(m) => m.get(name.as_str()),
+                    _ => return Walk::Continue,
+                },
+            };
+            match x {
+                Some(x) => each(env, x, rest, found, n),
+                // A bare choice name that is absent: `navigate` scans for `name<Type>`.
+                None if *choice => Walk::Bail,
+                None => Walk::Continue,
+            }
+        }
+        Step::Choice {
+            name,
+            key,
+            key_slot,
+            name_slot,
+            ..
+        } => {
+            let Value::Object(m) = v else {
+                return Walk::Continue;
+            };
+            let x = match root_slot(env, v, *key_slot) {
+                Some(Some(x)) => Some(x),
+                Some(None) if matches!(root_slot(env, v, *name_slot), Some(None)) => {
+                    return Walk::Continue;
+                }
+                _ => m.get(key.as_str()),
+            };
+            match x {
+                Some(x) => each(env, x, rest, found, n),
+                // `name` present without the typed key: filtered by type in `choice_step`.
+                None if m.contains_key(name.as_str()) => Walk::Bail,
+                None => Walk::Continue,
+            }
+        }
+        _ => Walk::Bail,
+    }
+}
+
+/// [`walk`] over the items a value stands for (array elements, nulls skipped), as
+/// [`push_value`] expands them.
+fn each<'a>(
+    env: &Env<'a>,
+    x: &'a Value<'a>,
+    rest: &'a [Step],
+    found: &mut Option<&'a Value<'a>>,
+    n: &mut usize,
+) -> Walk {
+    match x {
+        Value::Array(items) => {
+            for e in items.iter() {
+                if matches!(e, Value::Static(StaticNode::Null)) {
+                    continue;
+                }
+                match walk(env, e, rest, found, n) {
+                    Walk::Continue => {}
+                    other => return other,
+                }
+            }
+            Walk::Continue
+        }
+        Value::Static(StaticNode::Null) => Walk::Continue,
+        _ => walk(env, x, rest, found, n),
+    }
+}
+
 /// Evaluates `e` with input collection `this`, appending results to `out`.
 pub(crate) fn eval<'a>(
     e: &'a Expr,

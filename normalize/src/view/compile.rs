@@ -67,6 +67,8 @@ pub(crate) struct ColumnPlan {
     pub(crate) at: String,
     pub(crate) collection: bool,
     pub(crate) kind: ColKind,
+    /// A singleton column whose path [`crate::fhirpath::eval::single_node`] can evaluate.
+    pub(crate) simple: bool,
 }
 
 #[derive(Debug)]
@@ -342,6 +344,7 @@ impl Compiler<'_> {
         Ok((
             ColumnPlan {
                 name: name.clone(),
+                simple: !collection && crate::fhirpath::eval::is_simple_path(&expr),
                 expr,
                 at: path_at,
                 collection,

@@ -15,7 +15,9 @@ use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
-use crate::fhirpath::eval::{eval, prim, relabel, to_strict_bool, Buf, Env, FpError, Item, Prim};
+use crate::fhirpath::eval::{
+    eval, prim, relabel, single_node, to_strict_bool, Buf, Env, FpError, Item, Prim,
+};
 use crate::fhirpath::temporal;
 use crate::prepare::{marked_decimal, write_json};
 
@@ -224,9 +226,7 @@ fn body<'a>(
     if plan.selects.is_empty() && plan.union_all.is_empty() {
         let mut tmp = Buf::take();
         for c in &plan.columns {
-            tmp.clear();
-            eval(&c.expr, env, item, &mut tmp).map_err(|e| expr_err(&c.at, e))?;
-            out.cells.push(column_cell(c, &tmp)?);
+            out.cells.push(eval_column(c, env, item, &mut tmp)?);
         }
         out.rows += 1;
         return Ok(());
@@ -277,9 +277,7 @@ fn body<'a>(
     if !plan.columns.is_empty() {
         let mut tmp = Buf::take();
         for c in &plan.columns {
-            tmp.clear();
-            eval(&c.expr, env, item, &mut tmp).map_err(|e| expr_err(&c.at, e))?;
-            cols.push(column_cell(c, &tmp)?);
+            cols.push(eval_column(c, env, item, &mut tmp)?);
         }
     }
     product_into(out, &cols, parts)?;
@@ -339,6 +337,35 @@ fn product_into<'a>(
     }
     out.rows += total;
     Ok(())
+}
+
+/// One column's cell for the input `item`; `tmp` is scratch.
+#[inline]
+fn eval_column<'a>(
+    c: &'a ColumnPlan,
+    env: &Env<'a>,
+    item: &[Item<'a>],
+    tmp: &mut Vec<Item<'a>>,
+) -> Result<Cell<'a>, EvalError> {
+    if c.simple {
+        if let [Item::Node { v, ext: None, .. }] = item {
+            if let Some(found) = single_node(&c.expr, env, v) {
+                return match found {
+                    None => Ok(Cell::Null),
+                    Some(v) => {
+                        to_cell(c.kind, &Item::node(v)).map_err(|found| EvalError::ColumnType {
+                            column: c.name.clone(),
+                            kind: c.kind.describe(),
+                            found,
+                        })
+                    }
+                };
+            }
+        }
+    }
+    tmp.clear();
+    eval(&c.expr, env, item, tmp).map_err(|e| expr_err(&c.at, e))?;
+    column_cell(c, tmp)
 }
 
 fn column_cell<'a>(c: &ColumnPlan, items: &[Item<'a>]) -> Result<Cell<'a>, EvalError> {
@@ -461,5 +488,79 @@ const fn found(p: Prim<'_>) -> &'static str {
         Prim::Str(_) => "string",
         Prim::Complex => "complex",
         Prim::Null => "null",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::BufRead;
+
+    use super::*;
+    use crate::fhirpath::eval::relabel;
+
+    /// Every simple column of the canonical views gives the same cell (or error) through
+    /// `single_node` as through the general evaluator, on a sample of the corpus.
+    #[test]
+    fn simple_path_fast_path_matches_the_general_evaluator() {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut views = Vec::new();
+        for e in std::fs::read_dir(repo.join("schemas/views")).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "json") {
+                views.push(CompiledView::from_json_slice(&std::fs::read(p).unwrap()).unwrap());
+            }
+        }
+        let mut lines = Vec::new();
+        for e in std::fs::read_dir(repo.join("tests/data/corpus")).unwrap() {
+            let p = e.unwrap().path();
+            if !p.to_string_lossy().ends_with(".ndjson.gz") {
+                continue;
+            }
+            let r = std::io::BufReader::new(flate2::read::GzDecoder::new(
+                std::fs::File::open(p).unwrap(),
+            ));
+            lines.extend(r.split(b'\n').map(Result::unwrap).take(150));
+        }
+        let mut checked = 0;
+        for l in &lines {
+            let mut buf = Vec::new();
+            crate::prepare_line(l, &mut buf);
+            let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+            for view in views.iter().filter(|view| view.applies_to(&v)) {
+                let mut slots = relabel(Vec::<Option<&Value<'_>>>::new());
+                view.root_index.fill(&v, &mut slots);
+                let env = Env {
+                    root: &v,
+                    root_slots: &slots,
+                    consts: &view.constants,
+                    row_index: 0,
+                };
+                let mut cols = Vec::new();
+                collect_columns(&view.root, &mut cols);
+                for c in cols.into_iter().filter(|c| c.simple) {
+                    let item = [Item::node(&v)];
+                    let mut tmp = Vec::new();
+                    let fast = eval_column(c, &env, &item, &mut tmp).map_err(|e| e.to_string());
+                    let mut tmp = Vec::new();
+                    let slow = eval(&c.expr, &env, &item, &mut tmp)
+                        .map_err(|e| expr_err(&c.at, e))
+                        .and_then(|()| column_cell(c, &tmp))
+                        .map_err(|e| e.to_string());
+                    assert_eq!(fast, slow, "{} {}", view.name(), c.name);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 1000, "{checked}");
+    }
+
+    fn collect_columns<'p>(plan: &'p SelectPlan, out: &mut Vec<&'p ColumnPlan>) {
+        // Only top-level selects see the resource itself as input.
+        if matches!(plan.iter, Iteration::None) {
+            out.extend(&plan.columns);
+            for s in plan.selects.iter().chain(&plan.union_all) {
+                collect_columns(s, out);
+            }
+        }
     }
 }
