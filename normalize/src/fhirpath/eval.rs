@@ -692,24 +692,22 @@ fn boundary<'a>(it: &Item<'a>, high: bool) -> Option<Item<'a>> {
 pub(crate) fn split_reference(r: &str) -> (Option<&str>, &str) {
     const HISTORY: &[u8] = b"/_history";
     let b = r.as_bytes();
-    // Byte loops: references are short and this runs for every reference column.
+    // `_` is rare in references, so one memchr settles most of them.
     let mut end = b.len();
-    let mut i = 0;
-    while i + HISTORY.len() <= b.len() {
-        if b[i] == b'/' && b[i + 1] == b'_' && &b[i..i + HISTORY.len()] == HISTORY {
-            end = i;
+    let mut from = 0;
+    while let Some(p) = memchr::memchr(b'_', &b[from..]) {
+        let i = from + p;
+        if i > 0 && b[i - 1] == b'/' && b[i - 1..].starts_with(HISTORY) {
+            end = i - 1;
             break;
         }
-        i += 1;
+        from = i + 1;
     }
-    let Some(slash) = b[..end].iter().rposition(|&c| c == b'/') else {
+    let Some(slash) = memchr::memrchr(b'/', &b[..end]) else {
         return (None, &r[..end]);
     };
     let key = &r[slash + 1..end];
-    let type_start = b[..slash]
-        .iter()
-        .rposition(|&c| c == b'/')
-        .map_or(0, |p| p + 1);
+    let type_start = memchr::memrchr(b'/', &b[..slash]).map_or(0, |p| p + 1);
     (Some(&r[type_start..slash]), key)
 }
 
@@ -1713,4 +1711,26 @@ fn arith(op: BinOp, x: Num, y: Num) -> FpResult<Option<Item<'static>>> {
         BinOp::IntDiv => (b != 0.0).then(|| Item::Int((a / b).trunc() as i64)),
         _ => (b != 0.0).then(|| Item::Dec(a % b)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_reference;
+
+    #[test]
+    fn reference_keys() {
+        assert_eq!(split_reference("Patient/p1"), (Some("Patient"), "p1"));
+        assert_eq!(
+            split_reference("Patient/p1/_history/2"),
+            (Some("Patient"), "p1")
+        );
+        assert_eq!(
+            split_reference("https://x.org/r4/Patient/p_2/_history/3"),
+            (Some("Patient"), "p_2")
+        );
+        assert_eq!(split_reference("urn:uuid:ab_c"), (None, "urn:uuid:ab_c"));
+        assert_eq!(split_reference("a_/_history"), (None, "a_"));
+        assert_eq!(split_reference("_history"), (None, "_history"));
+        assert_eq!(split_reference(""), (None, ""));
+    }
 }

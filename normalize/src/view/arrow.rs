@@ -44,20 +44,20 @@ impl ColBuilder {
 
     /// Appends one cell. Cells were converted to this column's kind during evaluation, so a
     /// mismatch here is a bug; it is written as null rather than panicking.
-    pub(crate) fn append(&mut self, cell: &Cell<'_>) {
+    pub(crate) fn append(&mut self, cell: Cell<'_>) {
         match (self, cell) {
-            (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+            (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(v),
             (ColBuilder::Bool(b), _) => b.append_null(),
-            (ColBuilder::Int(b), Cell::Int(v)) => b.append_value(*v),
+            (ColBuilder::Int(b), Cell::Int(v)) => b.append_value(v),
             (ColBuilder::Int(b), _) => b.append_null(),
-            (ColBuilder::Str(b), Cell::Str(v)) => b.append_value(v),
+            (ColBuilder::Str(b), Cell::Str(v)) => b.append_value(&v),
             (ColBuilder::Str(b), _) => b.append_null(),
-            (ColBuilder::Ts(b), Cell::Ts(v)) => b.append_value(*v),
+            (ColBuilder::Ts(b), Cell::Ts(v)) => b.append_value(v),
             (ColBuilder::Ts(b), _) => b.append_null(),
             (ColBuilder::ListBool(b), Cell::List(items)) => {
                 for i in items {
                     match i {
-                        Cell::Bool(v) => b.values().append_value(*v),
+                        Cell::Bool(v) => b.values().append_value(v),
                         _ => b.values().append_null(),
                     }
                 }
@@ -66,7 +66,7 @@ impl ColBuilder {
             (ColBuilder::ListInt(b), Cell::List(items)) => {
                 for i in items {
                     match i {
-                        Cell::Int(v) => b.values().append_value(*v),
+                        Cell::Int(v) => b.values().append_value(v),
                         _ => b.values().append_null(),
                     }
                 }
@@ -84,7 +84,7 @@ impl ColBuilder {
             (ColBuilder::ListTs(b), Cell::List(items)) => {
                 for i in items {
                     match i {
-                        Cell::Ts(v) => b.values().append_value(*v),
+                        Cell::Ts(v) => b.values().append_value(v),
                         _ => b.values().append_null(),
                     }
                 }

@@ -242,16 +242,21 @@ impl BatchState {
             Ok(None) => return Ok(0),
             Err(e) => return Err(e),
         };
+        let mut cells = frag.cells;
         if frag.width > 0 {
-            for row in frag.cells.chunks_exact(frag.width) {
-                for (b, c) in self.cols.iter_mut().zip(row) {
+            // Cells are moved into the builders, so the buffer is left empty without a
+            // second pass to drop them.
+            let mut it = cells.drain(..);
+            'rows: loop {
+                for b in &mut self.cols {
+                    let Some(c) = it.next() else { break 'rows };
                     b.append(c);
                 }
             }
         }
         self.rows += frag.rows;
         let n = frag.rows;
-        self.spare = relabel(frag.cells);
+        self.spare = relabel(cells);
         Ok(n)
     }
 
