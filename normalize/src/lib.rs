@@ -125,23 +125,42 @@
 //! # Performance
 //!
 //! `normalize/tests/throughput.rs` (ignored; run in release, see its docs for the
-//! `ONLY`, `TYPE`, `LIMIT` and `SKIP_VIEWS` knobs) compares simd-json parsing with view
-//! evaluation over the developer corpus. Measured in instructions (callgrind, release),
-//! per resource of the view's type, view cost relative to `simd_json::to_borrowed_value`:
+//! `ONLY`, `TYPE`, `LIMIT`, `SEPARATE`, `PLAIN` and `SKIP_VIEWS` knobs) compares the
+//! simd-json tape parse, the `BorrowedValue` parse, [`prepare_line`] and view evaluation
+//! over the developer corpus (`tests/data/corpus`, 28,695 resources, 790 bytes each on
+//! average). Wall-clock numbers on the shared 2-core machine swing by 2×, so the numbers
+//! below are instructions (callgrind, release, `ROUNDS=1 LIMIT=3000`: 3,189 resources),
+//! per resource of the view's type, before and after the November 2026 pass:
 //!
-//! | view | columns | view / parse |
+//! | view | before | after |
 //! |---|---:|---:|
-//! | `observation_component` (most Observations have none) | 23 | 0.26 |
-//! | `patient` | 22 | 0.75 |
-//! | `encounter` | 19 | 0.85 |
-//! | `condition` | 18 | 1.0 |
-//! | `observation` | 33 | 1.5 |
-//! | `observation_coding` | 11 (several rows each) | 1.4 |
+//! | `patient` (22 columns) | 57.6k | 41.3k |
+//! | `encounter` | 19.3k | 13.2k |
+//! | `condition` | 18.2k | 10.6k |
+//! | `observation` (33 columns) | 24.7k | 16.8k |
+//! | `observation_coding` (several rows each) | 25.4k | 21.3k |
+//! | `observation_component` | 4.7k | 4.1k |
+//! | `medication_request` | 20.5k | 16.7k |
+//! | `procedure` | 16.1k | 10.4k |
+//! | `immunization` | 14.7k | 9.9k |
+//! | `diagnostic_report` | 25.7k | 13.7k |
+//! | all 25 views, per resource of any type | 45.8k | 33.2k |
 //!
-//! The cost is roughly linear in cells produced: per column one FHIRPath evaluation
-//! (root keys come from a per-view index filled in one pass over the resource; deeper
-//! steps are small-map lookups) and one Arrow append. Resources of other types cost one
-//! `resourceType` comparison per view.
+//! Baselines on the same sample, per resource: tape parse (stage 1 + 2) 9.2k;
+//! `BorrowedValue` parse 18.2k (the tape plus 9.0k to build the tree; freeing the tree
+//! costs more on top); [`prepare_line`] 5.6k.
+//!
+//! Where the time goes: per column one evaluation and one Arrow append. Singleton columns
+//! whose path is a chain of fields, fused `name.ofType(T)` steps and `first()` (most
+//! columns) are evaluated by a walker that builds no collections; string literals,
+//! `%rowIndex` and `getResourceKey()` become cells directly; everything else goes through
+//! the general evaluator. Root keys come from one index pass per resource per view, or per
+//! resource type with a [`ViewGroup`].
+//!
+//! What is left: the `BorrowedValue` tree alone costs twice the tape parse, so views
+//! evaluated on a `BorrowedValue` cannot reach 35% of the tape ceiling whatever the
+//! evaluator does. The next step is evaluating the compiled paths on simd-json's tape
+//! (`to_tape_with_buffers`), which the simple-path walker is shaped for.
 
 pub mod conformance;
 pub mod fhirpath;

@@ -6,8 +6,11 @@
 //! `TYPE=Observation` only resources of that type; `LIMIT=n` about n resources (every
 //! k-th line); `ROUNDS=n` passes (default 3); `SKIP_VIEWS=1` parse only. Wall-clock
 //! numbers are noisy on shared machines; for comparisons run under
-//! `valgrind --tool=callgrind` with `ROUNDS=1 LIMIT=2000` and compare the inclusive cost
-//! of `BatchState::append` with that of `to_borrowed_value`. `PLAIN=1` skips
+//! `valgrind --tool=callgrind` with `ROUNDS=1 LIMIT=3000` and
+//! `--toggle-collect='*ViewGroup*append*'` (views), `'*BatchState::append'` (views with
+//! `SEPARATE=1`), `'*Deserializer::from_slice_with_buffers*'` (tape build, three passes) or
+//! `'*prepare_line*'` (two passes). `SEPARATE=1` uses one builder per view instead of a
+//! `ViewGroup` per resource type. `PLAIN=1` skips
 //! `prepare_line` in the view loop.
 
 use std::fs;

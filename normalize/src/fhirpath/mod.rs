@@ -62,7 +62,10 @@
 //! into a step list evaluated in place at the tail of the output collection, with
 //! `name.ofType(T)` fused into a direct lookup of the `nameT` key. Temporary collections
 //! come from a per-thread pool of recycled vectors, so steady-state evaluation allocates
-//! only for computed strings.
+//! only for computed strings. View columns whose chain has only field, fused choice and
+//! `first()` steps are evaluated without collections at all (`eval::single_node`), and
+//! fall back to the general evaluator whenever it must decide (a bare choice name that is
+//! absent, a type filter, several results).
 //!
 //! # Keys
 //!
