@@ -10,7 +10,6 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use simd_json::prelude::*;
 use simd_json::{BorrowedValue as Value, StaticNode};
 
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
