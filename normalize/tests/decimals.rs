@@ -139,3 +139,37 @@ fn marked_decimals_behave_as_decimals_in_fhirpath() {
         }
     }
 }
+
+#[test]
+fn marked_decimals_are_never_keys() {
+    let view = CompiledView::from_json_slice(
+        &serde_json::to_vec(&json!({
+            "resource": "Observation", "name": "k",
+            "select": [{"column": [
+                {"name": "id", "path": "getResourceKey()", "type": "id"},
+                {"name": "p", "path": "subject.getReferenceKey()", "type": "string"},
+                {"name": "e", "path": "encounter.getReferenceKey(Encounter)", "type": "string"}
+            ]}]
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    for prepared in [false, true] {
+        let line = br#"{"resourceType":"Observation","id":1.5,"subject":{"reference":2.5},"encounter":{"reference":"Encounter/e1"}}"#;
+        let mut buf = Vec::new();
+        if prepared {
+            prepare_line(line, &mut buf);
+        } else {
+            buf.extend_from_slice(line);
+        }
+        let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+        let mut b = view.builder();
+        assert_eq!(b.append(&v).unwrap(), 1);
+        let cols = b.finish();
+        assert!(
+            cols[0].is_null(0) && cols[1].is_null(0),
+            "prepared: {prepared}"
+        );
+        assert_eq!(cols[2].as_string::<i32>().value(0), "e1");
+    }
+}

@@ -1374,7 +1374,8 @@ fn call<'a>(
         Func::GetResourceKey => {
             for it in input.iter() {
                 if let Some(id) = object_of(it).and_then(|o| o.get("id")) {
-                    if matches!(id, Value::String(_)) {
+                    // A prepared decimal is a number, not an id.
+                    if matches!(id, Value::String(s) if marked_decimal(s).is_none()) {
                         out.push(Item::node(id));
                     }
                 }
@@ -1386,6 +1387,9 @@ fn call<'a>(
                     continue;
                 };
                 let r: &'a str = r;
+                if marked_decimal(r).is_some() {
+                    continue;
+                }
                 let (rt, key) = split_reference(r);
                 if ty.as_deref().is_none_or(|t| Some(t) == rt) {
                     out.push(Item::Str(Cow::Borrowed(key), StrKind::String));

@@ -15,7 +15,8 @@ use simd_json::{BorrowedValue as Value, StaticNode};
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
 use crate::fhirpath::eval::{
-    eval, prim, relabel, single_node, to_strict_bool, Buf, Env, FpError, Item, Prim,
+    eval, is_simple_path, prim, relabel, single_node, split_reference, to_strict_bool, Buf, Env,
+    FpError, Item, Prim,
 };
 use crate::fhirpath::temporal;
 use crate::fhirpath::{Expr, Func, Literal};
@@ -381,12 +382,30 @@ fn eval_column<'a>(
             }] = item
             {
                 return Ok(match o.get("id") {
-                    Some(Value::String(s)) => {
+                    Some(Value::String(s)) if marked_decimal(s).is_none() => {
                         let s: &'a str = s;
-                        Cell::Str(Cow::Borrowed(marked_decimal(s).unwrap_or(s)))
+                        Cell::Str(Cow::Borrowed(s))
                     }
                     _ => Cell::Null,
                 });
+            }
+        }
+        (Expr::Call(base, Func::GetReferenceKey(ty)), ColKind::Str) if is_simple_path(base) => {
+            if let [Item::Node { v, ext: None, .. }] = item {
+                if let Some(found) = single_node(base, env, v) {
+                    let key = match found {
+                        Some(Value::Object(o)) => match o.get("reference") {
+                            Some(Value::String(r)) if marked_decimal(r).is_none() => {
+                                let r: &'a str = r;
+                                let (rt, key) = split_reference(r);
+                                ty.as_deref().is_none_or(|t| Some(t) == rt).then_some(key)
+                            }
+                            _ => None,
+                        },
+                        _ => None,
+                    };
+                    return Ok(key.map_or(Cell::Null, |k| Cell::Str(Cow::Borrowed(k))));
+                }
             }
         }
         _ => {}
