@@ -134,17 +134,17 @@
 //!
 //! | view | before | after |
 //! |---|---:|---:|
-//! | `patient` (22 columns) | 57.6k | 41.3k |
-//! | `encounter` | 19.3k | 13.2k |
-//! | `condition` | 18.2k | 10.6k |
-//! | `observation` (33 columns) | 24.7k | 16.8k |
-//! | `observation_coding` (several rows each) | 25.4k | 21.3k |
-//! | `observation_component` | 4.7k | 4.1k |
-//! | `medication_request` | 20.5k | 16.7k |
-//! | `procedure` | 16.1k | 10.4k |
-//! | `immunization` | 14.7k | 9.9k |
-//! | `diagnostic_report` | 25.7k | 13.7k |
-//! | all 25 views, per resource of any type | 45.8k | 33.2k |
+//! | `patient` (22 columns) | 57.6k | 41.0k |
+//! | `encounter` | 19.3k | 12.6k |
+//! | `condition` | 18.2k | 9.8k |
+//! | `observation` (33 columns) | 24.7k | 16.1k |
+//! | `observation_coding` (several rows each) | 25.4k | 18.8k |
+//! | `observation_component` | 4.7k | 3.9k |
+//! | `medication_request` | 20.5k | 15.4k |
+//! | `procedure` | 16.1k | 9.9k |
+//! | `immunization` | 14.7k | 9.2k |
+//! | `diagnostic_report` | 25.7k | 13.5k |
+//! | all 25 views, per resource of any type | 45.8k | 30.2k |
 //!
 //! Baselines on the same sample, per resource: tape parse (stage 1 + 2) 9.2k;
 //! `BorrowedValue` parse 18.2k (the tape plus 9.0k to build the tree; freeing the tree
@@ -153,8 +153,8 @@
 //! Where the time goes: per column one evaluation and one Arrow append. Singleton columns
 //! whose path is a chain of fields, fused `name.ofType(T)` steps and `first()` (most
 //! columns) are evaluated by a walker that builds no collections; string literals,
-//! `%rowIndex` and `getResourceKey()` become cells directly; everything else goes through
-//! the general evaluator. Root keys come from one index pass per resource per view, or per
+//! `%rowIndex`, `getResourceKey()` and `getReferenceKey()` of such a chain become cells
+//! directly; everything else goes through the general evaluator. Root keys come from one index pass per resource per view, or per
 //! resource type with a [`ViewGroup`].
 //!
 //! What is left: the `BorrowedValue` tree alone costs twice the tape parse, so views
