@@ -5,7 +5,7 @@ use std::sync::Arc;
 use arrow_array::builder::{
     BooleanBuilder, Int64Builder, ListBuilder, StringBuilder, TimestampMicrosecondBuilder,
 };
-use arrow_array::ArrayRef;
+use arrow_array::{Array, ArrayRef};
 
 use super::compile::{ColKind, ColumnMeta};
 use super::rows::Cell;
@@ -97,13 +97,31 @@ impl ColBuilder {
         }
     }
 
-    /// Finishes the column and resets the builder.
+    /// Finishes the column and resets the builder, pre-sized for a batch like this one
+    /// (Arrow's `finish` drops the buffers, and regrowing them by doubling every batch
+    /// copies each batch about twice more).
     pub(crate) fn finish(&mut self) -> ArrayRef {
         match self {
-            ColBuilder::Bool(b) => Arc::new(b.finish()),
-            ColBuilder::Int(b) => Arc::new(b.finish()),
-            ColBuilder::Str(b) => Arc::new(b.finish()),
-            ColBuilder::Ts(b) => Arc::new(b.finish()),
+            ColBuilder::Bool(b) => {
+                let a = b.finish();
+                *b = BooleanBuilder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            ColBuilder::Int(b) => {
+                let a = b.finish();
+                *b = Int64Builder::with_capacity(a.len());
+                Arc::new(a)
+            }
+            ColBuilder::Str(b) => {
+                let a = b.finish();
+                *b = StringBuilder::with_capacity(a.len(), a.value_data().len());
+                Arc::new(a)
+            }
+            ColBuilder::Ts(b) => {
+                let a = b.finish();
+                *b = TimestampMicrosecondBuilder::with_capacity(a.len()).with_timezone("UTC");
+                Arc::new(a)
+            }
             ColBuilder::ListBool(b) => Arc::new(b.finish()),
             ColBuilder::ListInt(b) => Arc::new(b.finish()),
             ColBuilder::ListStr(b) => Arc::new(b.finish()),

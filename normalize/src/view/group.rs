@@ -227,6 +227,21 @@ mod tests {
                 assert_eq!(a, b, "{}", gv.name());
             }
         }
+        // Builders are re-created pre-sized after a finish; a second batch still matches
+        // the schema (time zones, list fields).
+        for l in lines {
+            let mut buf = Vec::new();
+            crate::prepare_line(l.as_bytes(), &mut buf);
+            let v = simd_json::to_borrowed_value(&mut buf).unwrap();
+            for g in &mut groups {
+                assert!(g.append(&v).iter().all(Result::is_ok));
+            }
+        }
+        for g in &mut groups {
+            for k in 0..g.views().len() {
+                g.finish_batch(k).unwrap();
+            }
+        }
     }
 
     #[test]
