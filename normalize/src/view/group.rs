@@ -267,6 +267,12 @@ mod tests {
     }
 
     #[test]
+    fn group_is_send() {
+        fn assert_send<T: Send>() {}
+        assert_send::<ViewGroup>();
+    }
+
+    #[test]
     fn mixed_types_are_rejected() {
         let p = view(r#"{"resource":"Patient","select":[{"column":[{"name":"id","path":"id"}]}]}"#);
         let o =
