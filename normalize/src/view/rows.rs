@@ -545,7 +545,7 @@ mod tests {
     use super::*;
     use crate::fhirpath::eval::relabel;
 
-    /// Every top-level column of the canonical views gives the same cell (or error) through
+    /// Every column of the canonical views gives the same cell (or error) through
     /// `eval_column`'s fast paths as through the general evaluator, on a corpus sample.
     #[test]
     fn simple_path_fast_path_matches_the_general_evaluator() {
@@ -582,31 +582,54 @@ mod tests {
                     consts: &view.constants,
                     row_index: 0,
                 };
-                let mut cols = Vec::new();
-                collect_columns(&view.root, &mut cols);
-                for c in cols {
-                    let item = [Item::node(&v)];
-                    let mut tmp = Vec::new();
-                    let fast = eval_column(c, &env, &item, &mut tmp).map_err(|e| e.to_string());
-                    let mut tmp = Vec::new();
-                    let slow = eval(&c.expr, &env, &item, &mut tmp)
-                        .map_err(|e| expr_err(&c.at, e))
-                        .and_then(|()| column_cell(c, &tmp))
-                        .map_err(|e| e.to_string());
-                    assert_eq!(fast, slow, "{} {}", view.name(), c.name);
-                    checked += 1;
-                }
+                check_select(
+                    &view.root,
+                    &env,
+                    &[Item::node(&v)],
+                    view.name(),
+                    &mut checked,
+                );
             }
         }
-        assert!(checked > 1000, "{checked}");
+        assert!(checked > 20_000, "{checked}");
     }
 
-    fn collect_columns<'p>(plan: &'p SelectPlan, out: &mut Vec<&'p ColumnPlan>) {
-        // Only top-level selects see the resource itself as input.
-        if matches!(plan.iter, Iteration::None) {
-            out.extend(&plan.columns);
+    /// Compares every column of `plan` (and of its nested selects, following `forEach`
+    /// and `forEachOrNull` into each node) between `eval_column` and the general path.
+    fn check_select<'a>(
+        plan: &'a SelectPlan,
+        env: &Env<'a>,
+        input: &[Item<'a>],
+        view: &str,
+        checked: &mut usize,
+    ) {
+        let nodes: Vec<Item<'a>> = match &plan.iter {
+            Iteration::None => input.to_vec(),
+            Iteration::ForEach(e) | Iteration::ForEachOrNull(e) => {
+                let mut out = Vec::new();
+                eval(e, env, input, &mut out).unwrap();
+                out
+            }
+            Iteration::Repeat(_) => return,
+        };
+        let groups: Vec<Vec<Item<'a>>> = match plan.iter {
+            Iteration::None => vec![nodes],
+            _ => nodes.into_iter().map(|n| vec![n]).collect(),
+        };
+        for item in &groups {
+            for c in &plan.columns {
+                let mut tmp = Vec::new();
+                let fast = eval_column(c, env, item, &mut tmp).map_err(|e| e.to_string());
+                let mut tmp = Vec::new();
+                let slow = eval(&c.expr, env, item, &mut tmp)
+                    .map_err(|e| expr_err(&c.at, e))
+                    .and_then(|()| column_cell(c, &tmp))
+                    .map_err(|e| e.to_string());
+                assert_eq!(fast, slow, "{view} {}", c.name);
+                *checked += 1;
+            }
             for s in plan.selects.iter().chain(&plan.union_all) {
-                collect_columns(s, out);
+                check_select(s, env, item, view, checked);
             }
         }
     }
