@@ -478,19 +478,24 @@ fn mark_primitive_ext(e: &mut Expr) {
 #[derive(Debug, Default)]
 pub(crate) struct RootIndex {
     names: Vec<String>,
-    /// Open addressing over `names` (FNV-1a, linear probing); `u16::MAX` is empty.
+    /// Open addressing over `names` ([`key_hash`], linear probing); `u16::MAX` is empty.
     table: Vec<u16>,
 }
 
 const EMPTY_SLOT: u16 = u16::MAX;
 
-fn fnv1a(s: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in s {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h
+/// Hash of a key from its length and three of its bytes: root keys are short and differ
+/// there (`valueQuantity`, `valueString`, `effectiveDateTime`), and the lookup runs for
+/// every root key of every resource, so hashing every byte cost more than the probe.
+/// Collisions only cost a probe step (keys are compared in full).
+fn key_hash(s: &[u8]) -> u64 {
+    let n = s.len();
+    let (first, mid, last) = match n {
+        0 => (0, 0, 0),
+        _ => (s[0], s[n / 2], s[n - 1]),
+    };
+    let x = (n as u64) | u64::from(first) << 16 | u64::from(mid) << 24 | u64::from(last) << 32;
+    x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 24
 }
 
 impl RootIndex {
@@ -596,7 +601,7 @@ impl RootIndex {
         let size = (self.names.len() * 2).next_power_of_two().max(8);
         self.table = vec![EMPTY_SLOT; size];
         for (i, n) in self.names.iter().enumerate() {
-            let mut h = fnv1a(n.as_bytes()) as usize & (size - 1);
+            let mut h = key_hash(n.as_bytes()) as usize & (size - 1);
             while self.table[h] != EMPTY_SLOT {
                 h = (h + 1) & (size - 1);
             }
@@ -609,7 +614,7 @@ impl RootIndex {
         if size == 0 {
             return None;
         }
-        let mut h = fnv1a(key.as_bytes()) as usize & (size - 1);
+        let mut h = key_hash(key.as_bytes()) as usize & (size - 1);
         loop {
             let id = self.table[h];
             if id == EMPTY_SLOT {
