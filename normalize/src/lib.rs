@@ -134,17 +134,17 @@
 //!
 //! | view | before | after |
 //! |---|---:|---:|
-//! | `patient` (22 columns) | 57.6k | 41.0k |
-//! | `encounter` | 19.3k | 12.6k |
-//! | `condition` | 18.2k | 9.8k |
-//! | `observation` (33 columns) | 24.7k | 16.1k |
-//! | `observation_coding` (several rows each) | 25.4k | 18.8k |
-//! | `observation_component` | 4.7k | 3.9k |
-//! | `medication_request` | 20.5k | 15.4k |
-//! | `procedure` | 16.1k | 9.9k |
-//! | `immunization` | 14.7k | 9.2k |
-//! | `diagnostic_report` | 25.7k | 13.5k |
-//! | all 25 views, per resource of any type | 45.8k | 30.2k |
+//! | `patient` (22 columns) | 57.6k | 40.0k |
+//! | `encounter` | 19.3k | 12.2k |
+//! | `condition` | 18.2k | 9.3k |
+//! | `observation` (33 columns) | 24.7k | 15.7k |
+//! | `observation_coding` (several rows each) | 25.4k | 18.4k |
+//! | `observation_component` | 4.7k | 3.4k |
+//! | `medication_request` | 20.5k | 14.9k |
+//! | `procedure` | 16.1k | 9.5k |
+//! | `immunization` | 14.7k | 8.8k |
+//! | `diagnostic_report` | 25.7k | 13.1k |
+//! | all 25 views, per resource of any type | 45.8k | 29.8k |
 //!
 //! Baselines on the same sample, per resource: tape parse (stage 1 + 2) 9.2k;
 //! `BorrowedValue` parse 18.2k (the tape plus 9.0k to build the tree; freeing the tree
