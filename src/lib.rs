@@ -6,6 +6,8 @@
 
 pub mod cli;
 pub mod demo;
+pub mod export;
+pub mod fetch;
 pub mod lake;
 pub mod logging;
 pub mod pipeline;

@@ -565,9 +565,9 @@ async fn a_live_job_refuses_a_second_kickoff_unless_forced() {
     let e = env("").await;
     let opts = e.options(ExportRequest::system());
     let first = e.exporter().prepare(&opts).await.unwrap();
-    // Pretend another live process owns it.
+    // Pretend another live process (our parent) owns it.
     let mut rec = first.job.record();
-    rec.owner_pid = std::process::id().wrapping_add(1);
+    rec.owner_pid = std::os::unix::process::parent_id();
     e.store.put(&rec).unwrap();
     let err = e.exporter().prepare(&opts).await.unwrap_err();
     assert_eq!(err.kind(), fhirhose_ingest::bulk::BulkErrorKind::JobLive);

@@ -163,14 +163,23 @@ pub const HEARTBEAT_STALE: Duration = Duration::from_secs(45);
 pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(15);
 
 impl JobRecord {
-    /// Whether another live process holds this job.
+    /// Whether another live process holds this job: not us, a fresh heartbeat, and (on
+    /// Linux) the owner process still exists.
     pub fn held_by_other(&self, now_unix: i64) -> bool {
         self.owner_pid != std::process::id()
+            && process_alive(self.owner_pid)
             && self.state.is_resumable()
             && self.state != JobState::Partial
             && self.state != JobState::NeedsReauthorization
             && now_unix - self.heartbeat < HEARTBEAT_STALE.as_secs() as i64
     }
+}
+
+/// Whether a process with this id exists (a crashed owner's job may be re-attached at
+/// once instead of after its heartbeat goes stale). Without `/proc`, assume it does.
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
 /// SQLite job store (the state database file, our own tables).
@@ -466,11 +475,15 @@ mod tests {
     #[test]
     fn heartbeat_decides_who_holds_a_job() {
         let mut j = job("j1", JobState::InProgress, None);
-        j.owner_pid = std::process::id().wrapping_add(1);
+        // Our parent process exists and is not us.
+        j.owner_pid = std::os::unix::process::parent_id();
         j.heartbeat = 1000;
         assert!(j.held_by_other(1010));
         assert!(!j.held_by_other(1000 + 60));
         j.owner_pid = std::process::id();
+        assert!(!j.held_by_other(1010));
+        // A crashed owner (no such process) holds nothing, however fresh its heartbeat.
+        j.owner_pid = u32::MAX - 1;
         assert!(!j.held_by_other(1010));
     }
 }
