@@ -342,7 +342,7 @@ async fn throttling_while_polling_waits_for_an_http_date_retry_after() {
 
 #[tokio::test]
 async fn server_errors_while_polling_and_downloading_are_waited_out() {
-    let e = env("503=every:2@status+file,retry-after=2").await;
+    let e = env("503=every:2@status+file,429=every:3@file,retry-after=2").await;
     let landed = Mutex::default();
     let (report, _, _) = run(&e, &e.options(ExportRequest::system()), &landed).await;
     assert_eq!(report.state, "done", "{report:?}");

@@ -784,4 +784,64 @@ mod tests {
         assert_ne!(file_fingerprint("s1", &a), file_fingerprint("s2", &a));
         assert_eq!(file_fingerprint("s1", &a).len(), 64);
     }
+
+    fn job(store: &Arc<MemoryJobStore>) -> JobHandle {
+        let rec = JobRecord {
+            job_id: "j".into(),
+            source: "s".into(),
+            fingerprint: "f".into(),
+            request: "{}".into(),
+            status_url: "https://ehr.example/status/1".into(),
+            state: JobState::InProgress,
+            since: None,
+            transaction_time: None,
+            auth_event_id: None,
+            progress: None,
+            waiting_for: None,
+            owner_pid: std::process::id(),
+            heartbeat: 0,
+            created_at: store::rfc3339_now(),
+            updated_at: String::new(),
+            report: None,
+            error: None,
+        };
+        store.put(&rec).unwrap();
+        JobHandle {
+            record: Arc::new(Mutex::new(rec)),
+            store: store.clone(),
+        }
+    }
+
+    #[test]
+    fn failures_map_to_job_states() {
+        let store = Arc::new(MemoryJobStore::new());
+        let http = crate::http::HttpConfig::default().build().unwrap();
+        let ex = Exporter::new(http, store.clone(), None);
+        let j = job(&store);
+        let reauth = BulkError::Http(crate::http::HttpError::Auth {
+            url: "u".into(),
+            source: Box::new(crate::auth::AuthError::NeedsReauthorization {
+                reason: "invalid_grant".into(),
+            }),
+        });
+        assert!(reauth.needs_reauthorization());
+        ex.fail(&j, &reauth);
+        let rec = store.get("j").unwrap().unwrap();
+        assert_eq!(rec.state, JobState::NeedsReauthorization);
+        assert!(
+            rec.state.is_resumable(),
+            "checkpoints kept, resumable after login"
+        );
+        assert!(rec.error.is_some());
+
+        let j = job(&store);
+        ex.fail(
+            &j,
+            &BulkError::Deadline {
+                job_id: "j".into(),
+                days: 1.0,
+            },
+        );
+        assert_eq!(store.get("j").unwrap().unwrap().state, JobState::Failed);
+    }
 }
