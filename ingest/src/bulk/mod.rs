@@ -321,15 +321,20 @@ pub struct JobReport {
     pub status_deleted: bool,
 }
 
-/// Hex sha256 of the file's identity in this job (status URL + file URL without query).
-pub fn file_fingerprint(status_url: &str, file_url: &Url) -> String {
-    let mut u = file_url.clone();
+/// A file URL without query and fragment (signed-URL parameters change between polls).
+fn url_key(u: &Url) -> String {
+    let mut u = u.clone();
     u.set_query(None);
     u.set_fragment(None);
+    u.into()
+}
+
+/// Hex sha256 of the file's identity in this job (status URL + file URL without query).
+pub fn file_fingerprint(status_url: &str, file_url: &Url) -> String {
     let mut h = Sha256::new();
     h.update(status_url.as_bytes());
     h.update(b"\n");
-    h.update(u.as_str().as_bytes());
+    h.update(url_key(file_url).as_bytes());
     hex::encode(h.finalize())
 }
 
@@ -598,22 +603,40 @@ impl Exporter {
         opts: &ExportOptions,
         downloads: &Arc<DownloadStats>,
     ) -> Vec<InputFile> {
-        let mut index: BTreeMap<(u8, String), usize> = BTreeMap::new();
         let width = opts.profile.files.index_width;
         let token = manifest.token_policy();
+        let kind_key = |k: FileKind| match k {
+            FileKind::Resources => (0u8, ""),
+            FileKind::Deleted => (1, ".deleted"),
+            FileKind::Error => (2, ".error"),
+        };
+        // A file's index within its kind and type follows the order of the URLs (without
+        // query), not the manifest's order, so a resumed job's fresh manifest names every
+        // file as before even if the server lists them differently.
+        let mut by_group: BTreeMap<(u8, String), Vec<String>> = BTreeMap::new();
+        for f in &manifest.files {
+            by_group
+                .entry((kind_key(f.kind).0, f.resource_type.clone()))
+                .or_default()
+                .push(url_key(&f.url));
+        }
+        for v in by_group.values_mut() {
+            // Shorter first, so `2.ndjson` comes before `10.ndjson`.
+            v.sort_by(|a, b| (a.len(), a).cmp(&(b.len(), b)));
+        }
         manifest
             .files
             .iter()
             .map(|f| {
-                let (k, infix) = match f.kind {
-                    FileKind::Resources => (0u8, ""),
-                    FileKind::Deleted => (1, ".deleted"),
-                    FileKind::Error => (2, ".error"),
-                };
-                let n = index.entry((k, f.resource_type.clone())).or_default();
-                *n += 1;
+                let (k, infix) = kind_key(f.kind);
+                let key = url_key(&f.url);
+                let n = by_group
+                    .get(&(k, f.resource_type.clone()))
+                    .and_then(|v| v.iter().position(|x| *x == key))
+                    .unwrap_or(0)
+                    + 1;
                 let ty = sanitize_type(&f.resource_type);
-                let name = format!("{ty}{infix}.{:0width$}.ndjson", *n);
+                let name = format!("{ty}{infix}.{n:0width$}.ndjson");
                 let opener = HttpFileOpener::new(
                     self.http.clone(),
                     f.url.clone(),
@@ -783,6 +806,60 @@ mod tests {
         assert_ne!(file_fingerprint("s1", &a), file_fingerprint("s1", &c));
         assert_ne!(file_fingerprint("s1", &a), file_fingerprint("s2", &a));
         assert_eq!(file_fingerprint("s1", &a).len(), 64);
+    }
+
+    #[test]
+    fn file_names_do_not_depend_on_manifest_order() {
+        let store = Arc::new(MemoryJobStore::new());
+        let http = crate::http::HttpConfig::default().build().unwrap();
+        let ex = Exporter::new(http, store.clone(), None);
+        let rec = job(&store).record();
+        let opts = ExportOptions::new(
+            "s",
+            Url::parse("https://ehr.example/fhir/").unwrap(),
+            ExportRequest::system(),
+            Profile::generic(),
+        );
+        let status = Url::parse(&rec.status_url).unwrap();
+        let files = [
+            r#"{"type":"Patient","url":"https://f.example/2.ndjson?sig=a"}"#,
+            r#"{"type":"Patient","url":"https://f.example/10.ndjson?sig=b"}"#,
+            r#"{"type":"Patient","url":"https://f.example/1.ndjson"}"#,
+            r#"{"type":"Observation","url":"https://f.example/3.ndjson"}"#,
+        ];
+        let names = |order: &[usize]| {
+            let body = format!(
+                r#"{{"transactionTime":"t","output":[{}],"error":[{{"url":"https://f.example/e.ndjson"}}]}}"#,
+                order
+                    .iter()
+                    .map(|i| files[*i])
+                    .collect::<Vec<_>>()
+                    .join(",")
+            );
+            let m = Manifest::parse(body.as_bytes(), &status).unwrap();
+            let stats = Arc::new(DownloadStats::default());
+            let mut v: Vec<(String, String)> = ex
+                .input_files(&rec, &m, &opts, &stats)
+                .into_iter()
+                .map(|f| (f.fingerprint, f.name))
+                .collect();
+            v.sort();
+            v
+        };
+        let a = names(&[0, 1, 2, 3]);
+        assert_eq!(a, names(&[3, 2, 1, 0]));
+        let mut n: Vec<_> = a.iter().map(|(_, n)| n.as_str()).collect();
+        n.sort_unstable();
+        assert_eq!(
+            n,
+            [
+                "Observation.001.ndjson",
+                "OperationOutcome.error.001.ndjson",
+                "Patient.001.ndjson",
+                "Patient.002.ndjson",
+                "Patient.003.ndjson"
+            ]
+        );
     }
 
     fn job(store: &Arc<MemoryJobStore>) -> JobHandle {
