@@ -802,3 +802,119 @@ async fn search_paging_follows_next_links_and_respects_scopes() {
     assert!(e.sb.request_log().is_empty());
     e.sb.shutdown().await;
 }
+
+/// App Launch (PKCE) login against the sandbox: a patient-context grant with a refresh
+/// token.
+async fn launch_login(
+    sb: &RunningSandbox,
+    clock: &ManualClock,
+) -> (Authorizer, Arc<MemoryAuditSink>) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let redirect = format!("http://127.0.0.1:{port}/callback");
+    let scopes = "launch/patient patient/*.read offline_access";
+    sb.register_public_client("launch-app", &redirect, scopes);
+    let mut cfg = AuthConfig::new(
+        Url::parse(&sb.base_url()).unwrap(),
+        "launch-app",
+        scopes,
+        ClientAuthConfig::Public,
+    );
+    cfg.redirect_port = port;
+    let http = http(clock);
+    let pending = fhirhose_ingest::auth::begin_login(&http, &cfg)
+        .await
+        .unwrap();
+    let authorize = pending.authorize_url().clone();
+    let audit = Arc::new(MemoryAuditSink::new());
+    let finish = tokio::spawn(pending.finish(audit.clone()));
+    let browser = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = browser.get(authorize).send().await.unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(browser.get(location).send().await.unwrap().status(), 200);
+    let grant = finish.await.unwrap().unwrap();
+    let auth = Authorizer::from_grant(&cfg, &http, audit.clone(), &grant)
+        .await
+        .unwrap();
+    (auth, audit)
+}
+
+#[tokio::test]
+async fn a_lost_grant_stops_the_job_as_needs_reauthorization_and_keeps_it() {
+    // The export takes an hour of (virtual) polling; the token expires meanwhile and the
+    // refresh is refused with invalid_grant.
+    let sb = Sandbox::start(SandboxConfig {
+        patients: 2,
+        export_polls: 1,
+        poll_retry_after: 3600,
+        faults: "invalid-grant-on-refresh".parse().unwrap(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let clock = ManualClock::starting_now();
+    let (auth, _audit) = launch_login(&sb, &clock).await;
+    let store = Arc::new(MemoryJobStore::new());
+    let ex = Exporter::new(auth.authorized_client(), store.clone(), Some(auth.clone()));
+    let mut req = ExportRequest::system();
+    req.level = ExportLevel::Patient;
+    let opts = ExportOptions::new(
+        "sandbox",
+        Url::parse(&sb.base_url()).unwrap(),
+        req,
+        Profile::generic(),
+    );
+    let err = ex.prepare(&opts).await.unwrap_err();
+    assert!(err.needs_reauthorization(), "{err}");
+    let jobs = store.list(10).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].state, JobState::NeedsReauthorization);
+    assert!(
+        jobs[0].state.is_resumable(),
+        "kept for --resume after a new login"
+    );
+    assert!(!jobs[0].status_url.is_empty());
+    sb.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_grant_lost_during_downloads_ends_the_job_as_needs_reauthorization() {
+    let sb = Sandbox::start(SandboxConfig {
+        patients: 2,
+        export_polls: 0,
+        faults: "invalid-grant-on-refresh".parse().unwrap(),
+        ..SandboxConfig::default()
+    })
+    .await
+    .unwrap();
+    let clock = ManualClock::starting_now();
+    let (auth, _audit) = launch_login(&sb, &clock).await;
+    let store = Arc::new(MemoryJobStore::new());
+    let ex = Exporter::new(auth.authorized_client(), store.clone(), Some(auth.clone()));
+    let mut req = ExportRequest::system();
+    req.level = ExportLevel::Patient;
+    let opts = ExportOptions::new(
+        "sandbox",
+        Url::parse(&sb.base_url()).unwrap(),
+        req,
+        Profile::generic(),
+    );
+    let ready = ex.prepare(&opts).await.unwrap();
+    clock.advance(Duration::from_secs(24 * 3600));
+    let landed = Mutex::default();
+    let (outcomes, _) = land(&ready, &landed).await;
+    assert!(outcomes.iter().all(|o| !o.durable));
+    let report = ex.complete(&ready, &outcomes, &opts, 0.0).await.unwrap();
+    assert_eq!(report.state, "needs-reauthorization");
+    assert!(!sb.request_log().iter().any(|l| l.method == "DELETE"));
+    let rec = store.get(&report.job_id).unwrap().unwrap();
+    assert_eq!(rec.state, JobState::NeedsReauthorization);
+    sb.shutdown().await;
+}
