@@ -357,6 +357,14 @@ async fn server_errors_while_polling_and_downloading_are_waited_out() {
             .count();
     assert!(faults >= 2);
     assert!(e.clock.sleeps().contains(&Duration::from_secs(2)));
+    assert!(
+        report
+            .retries_by_reason
+            .get("transport-retried")
+            .copied()
+            .unwrap_or(0)
+            >= 1
+    );
     e.sb.shutdown().await;
 }
 

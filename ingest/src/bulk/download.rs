@@ -56,7 +56,8 @@ impl DownloadStats {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Resumes and retries per reason (`reset`, `truncated`, `range-ignored`, `http-429`...).
+    /// Resumes and retries per reason (`reset`, `truncated`, `range-ignored`, `http-429`
+    /// after the transport gave up, `transport-retried` for replays inside the transport).
     pub fn retries(&self) -> BTreeMap<String, u64> {
         self.retries
             .lock()
@@ -70,12 +71,16 @@ impl DownloadStats {
     }
 
     fn retry(&self, reason: &str) {
+        self.retry_n(reason, 1);
+    }
+
+    fn retry_n(&self, reason: &str, n: u64) {
         *self
             .retries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .entry(reason.to_owned())
-            .or_default() += 1;
+            .or_default() += n;
     }
 }
 
@@ -237,6 +242,12 @@ impl Resume {
             }
             match i.http.send(req).await {
                 Ok(resp) => {
+                    if resp.attempts() > 1 {
+                        // 429/5xx/transport failures the transport retried (each one is
+                        // logged there with its reason and Retry-After).
+                        i.stats
+                            .retry_n("transport-retried", u64::from(resp.attempts() - 1));
+                    }
                     let status = resp.status();
                     let h = resp.headers();
                     if self.validator.is_none() {

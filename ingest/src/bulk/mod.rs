@@ -285,6 +285,8 @@ pub struct JobReport {
     pub transaction_time: String,
     /// Whether file downloads carried the token.
     pub requires_access_token: bool,
+    /// The audit event of the token that authorized the kick-off.
+    pub auth_event_id: Option<String>,
     /// Output files per resource type.
     pub output: BTreeMap<String, TypeCounts>,
     /// `deleted` files.
@@ -677,6 +679,7 @@ impl Exporter {
             since: rec.since.clone(),
             transaction_time: m.transaction_time.clone(),
             requires_access_token: m.requires_access_token,
+            auth_event_id: rec.auth_event_id.clone(),
             bytes: ready.downloads.bytes(),
             retries_by_reason: ready.downloads.retries(),
             polls: ready.poll.polls,
