@@ -267,11 +267,8 @@ pub async fn connect(
     let Some(url) = &a.fhir_url else {
         return Err(usage("--fhir-url (or a config file source) is required"));
     };
-    let mut base = Url::parse(url).map_err(|e| usage(format!("--fhir-url is not a URL: {e}")))?;
-    if !base.path().ends_with('/') {
-        let p = format!("{}/", base.path());
-        base.set_path(&p);
-    }
+    // Kept as given: it is also the `aud` of App Launch requests.
+    let base = Url::parse(url).map_err(|e| usage(format!("--fhir-url is not a URL: {e}")))?;
     let plain = HttpConfig::default()
         .build()
         .context("cannot build the HTTP client")?;
@@ -352,9 +349,13 @@ fn auth_error(e: &fhirhose_ingest::auth::AuthError) -> ConnectError {
 }
 
 async fn detect_profile(http: &HttpClient, base: &Url) -> Profile {
-    let Ok(url) = base.join("metadata") else {
-        return Profile::generic();
-    };
+    let mut url = base.clone();
+    match url.path_segments_mut() {
+        Ok(mut segs) => {
+            segs.pop_if_empty().push("metadata");
+        }
+        Err(()) => return Profile::generic(),
+    }
     let cs = match http.get(url.clone()).await {
         Ok(r) => r.json::<serde_json::Value>().await.ok(),
         Err(e) => {
