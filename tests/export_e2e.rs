@@ -203,6 +203,21 @@ async fn export_with_faults_on_equals_the_sandbox() {
         .filter(|l| l.origin == "storage")
         .all(|l| !l.bearer_present));
     assert!(log.iter().any(|l| l.origin == "storage"));
+    // No hammering: consecutive status requests are at least the 1 s Retry-After apart
+    // (the sandbox's 202s and its injected 503s both ask for 1 s).
+    let polls: Vec<_> = log
+        .iter()
+        .filter(|l| l.method == "GET" && l.path.contains("bulkstatus"))
+        .map(|l| l.time)
+        .collect();
+    assert!(polls.len() >= 2);
+    for w in polls.windows(2) {
+        let gap = w[1].duration_since(w[0]).unwrap_or_default();
+        assert!(
+            gap >= Duration::from_millis(900),
+            "polled again after {gap:?}"
+        );
+    }
     s.sb.shutdown().await;
 }
 
