@@ -197,6 +197,13 @@ async fn export_with_faults_on_equals_the_sandbox() {
     let report = s.report();
     assert_eq!(report["state"], "done");
     assert_eq!(report["error_files"], 1);
+    // The `deleted` file became rows of the deletions table.
+    let deletions: usize = common::table(&local_store(&s.lake()), "deletions")
+        .await
+        .iter()
+        .map(|b| b.num_rows())
+        .sum();
+    assert!(deletions >= 1);
     let log = s.sb.request_log();
     assert!(log
         .iter()
