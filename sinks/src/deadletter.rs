@@ -133,9 +133,9 @@ impl DeadLetterWriter {
         self.line.clear();
         serde_json::to_writer(&mut self.line, dl).expect("serializing a plain struct cannot fail");
         self.line.push(b'\n');
-        let w = self
-            .writer
-            .get_or_insert_with(|| BufWriter::new(Arc::clone(&self.store), self.key.clone()));
+        let w = self.writer.get_or_insert_with(|| {
+            BufWriter::with_capacity(Arc::clone(&self.store), self.key.clone(), 1024 * 1024)
+        });
         w.write_all(&self.line)
             .await
             .map_err(|source| DeadLetterError::Io {

@@ -29,6 +29,13 @@ pub const fn default_row_group_bytes() -> usize {
     8 * 1024 * 1024
 }
 
+/// Upload buffer per open object: S3's minimum part size. object_store's 10 MiB default with
+/// 8 parts in flight would let a dozen open tables hold hundreds of MB.
+pub(crate) const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+
+/// Parts of one object uploaded at once.
+pub(crate) const UPLOAD_CONCURRENCY: usize = 2;
+
 /// zstd level 3: zstd's own default, a good ratio at several hundred MB/s per core.
 pub const fn default_zstd_level() -> i32 {
     3
@@ -106,7 +113,8 @@ impl TableWriter {
         schema: SchemaRef,
         cfg: &ParquetConfig,
     ) -> Result<Self, ParquetError> {
-        let sink = BufWriter::new(store, key.clone());
+        let sink = BufWriter::with_capacity(store, key.clone(), UPLOAD_PART_BYTES)
+            .with_max_concurrency(UPLOAD_CONCURRENCY);
         let writer =
             AsyncArrowWriter::try_new(sink, schema, Some(cfg.properties())).map_err(|source| {
                 ParquetError::Write {
@@ -142,6 +150,22 @@ impl TableWriter {
             if let Err(e) = self.writer.flush().await {
                 return Err(self.err(e));
             }
+        }
+        Ok(())
+    }
+
+    /// Bytes buffered for the row group in progress.
+    pub fn in_progress_size(&self) -> usize {
+        self.writer.in_progress_size()
+    }
+
+    /// Cuts the row group in progress (no-op when empty), releasing its buffers.
+    pub async fn flush(&mut self) -> Result<(), ParquetError> {
+        if self.writer.in_progress_rows() == 0 {
+            return Ok(());
+        }
+        if let Err(e) = self.writer.flush().await {
+            return Err(self.err(e));
         }
         Ok(())
     }

@@ -135,7 +135,12 @@ impl RawWriter {
                 "raw/_staging/{}.part",
                 uuid::Uuid::new_v4().simple()
             ));
-            let w = BufWriter::new(Arc::clone(&self.store), staging.clone());
+            let w = BufWriter::with_capacity(
+                Arc::clone(&self.store),
+                staging.clone(),
+                crate::parquet::UPLOAD_PART_BYTES,
+            )
+            .with_max_concurrency(crate::parquet::UPLOAD_CONCURRENCY);
             self.staging = Some((staging, w));
             let buffered = std::mem::take(&mut self.buf);
             let (_, w) = self.staging.as_mut().expect("just set");

@@ -53,6 +53,14 @@ pub use views::ViewSet;
 /// Read size from the (decompressed) input stream.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
+/// Bytes of Parquet row groups a file task may buffer across all its open tables before it
+/// cuts the largest one. A file that feeds many tables (an Observation file writes
+/// `resources`, `observation`, `observation_coding`, `observation_component`) then holds no
+/// more than this, whatever its size, which is what keeps peak memory flat.
+pub const fn default_parquet_budget_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
 /// How long to wait for a file's Kafka delivery reports once all its events are sent.
 pub const fn default_delivery_timeout() -> Duration {
     Duration::from_secs(300)
@@ -515,6 +523,7 @@ impl FileSinks<'_> {
                 .write(batch)
                 .await?;
         }
+        self.enforce_parquet_budget().await?;
         for (sev, n) in &out.outcomes {
             *self
                 .report
@@ -659,6 +668,32 @@ impl FileSinks<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Cuts row groups, largest first, until the buffered total fits the budget.
+    async fn enforce_parquet_budget(&mut self) -> Result<(), FileError> {
+        loop {
+            let mut total = 0usize;
+            let mut largest: Option<(usize, &mut TableWriter)> = None;
+            for w in self
+                .resources
+                .iter_mut()
+                .chain(self.deletions.iter_mut())
+                .chain(self.views.values_mut())
+            {
+                let size = w.in_progress_size();
+                total += size;
+                if largest.as_ref().is_none_or(|(s, _)| size > *s) {
+                    largest = Some((size, w));
+                }
+            }
+            match largest {
+                Some((size, w)) if total > default_parquet_budget_bytes() && size > 0 => {
+                    w.flush().await?;
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 
     async fn finish(mut self) -> Result<FileReport, FileError> {
