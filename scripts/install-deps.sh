@@ -10,11 +10,11 @@ MOTO_VERSION=5.2.1
 
 have() { command -v "$1" >/dev/null 2>&1; }
 
-if ! have cc || ! have make || ! have cmake || ! have pkg-config; then
+if ! have cc || ! have make || ! have pkg-config; then
   if have apt-get; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends build-essential cmake pkg-config zlib1g-dev python3-pip >/dev/null
+    apt-get install -y -qq --no-install-recommends build-essential pkg-config zlib1g-dev python3-pip >/dev/null
   fi
 fi
 
