@@ -47,6 +47,10 @@ pub enum Command {
     Status(StatusArgs),
     /// SQL-on-FHIR views: conformance suite, ad-hoc evaluation, the canonical list.
     Views(crate::views_cmd::ViewsArgs),
+    /// Client keys for SMART Backend Services.
+    Keys(crate::tools_cmd::KeysArgs),
+    /// Run the local SMART + Bulk Data sandbox EHR until Ctrl-C.
+    Sandbox(crate::tools_cmd::SandboxArgs),
     /// Bulk Data $export from a FHIR server into the lake (kick-off, poll, resumable downloads).
     Export(Box<crate::export::ExportArgs>),
     /// FHIR search paging (real-time, patient-level reads) into the lake.
@@ -162,6 +166,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Status(a) => status(a),
         Command::Views(a) => crate::views_cmd::run(a).await,
+        Command::Keys(a) => crate::tools_cmd::keys(a),
+        Command::Sandbox(a) => crate::tools_cmd::sandbox(a).await,
         Command::Export(a) => crate::export::run(*a).await,
         Command::Fetch(a) => crate::fetch::run(*a).await,
     }

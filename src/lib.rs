@@ -11,4 +11,5 @@ pub mod fetch;
 pub mod lake;
 pub mod logging;
 pub mod pipeline;
+pub mod tools_cmd;
 pub mod views_cmd;
