@@ -132,6 +132,9 @@ pub struct DemoArgs {
     /// Kafka brokers; by default an in-process mock cluster is used.
     #[arg(long, env = "FHIRHOSE_KAFKA_BROKERS")]
     pub kafka_brokers: Option<String>,
+    /// Synthetic patients in the sandbox EHR.
+    #[arg(long, default_value_t = 50)]
+    pub patients: usize,
 }
 
 /// `fhirhose status`.

@@ -1,56 +1,71 @@
 //! `fhirhose demo`: the whole pipeline on embedded defaults.
 //!
-//! Lands a bundled sample of synthetic (Synthea) data into `<dir>/lake` with the real
-//! pipeline: raw objects, Parquet tables and Kafka events. Without `--kafka-brokers` the events
-//! go to an in-process Kafka-protocol cluster (librdkafka's mock cluster) and are read back to
-//! show the counts per topic.
+//! Starts the sandbox EHR in-process (synthetic patients, SMART + Bulk Data), generates an
+//! ES384 client key and registers its JWKS, then runs a real backend-services `$export` with
+//! the same code as `fhirhose export`: SMART discovery, a signed client assertion, kick-off,
+//! polling, downloads, raw objects, Parquet tables and Kafka events. Without
+//! `--kafka-brokers` the events go to an in-process Kafka-protocol cluster (librdkafka's mock
+//! cluster) and are read back to show the counts per topic.
+//!
+//! Each run starts from a fresh lake and state under `--dir` (only the `lake/` folder and
+//! `state.db` that the demo itself creates there are removed).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use clap::Parser;
+use fhirhose_ingest::auth::{generate_keys, Alg};
+use fhirhose_sandbox::{Sandbox, SandboxConfig};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::Message;
 
-use crate::cli::{build_config, connect_kafka, finish, run_and_record, DemoArgs, OutputArgs};
+use crate::cli::DemoArgs;
 
-/// The bundled sample: a slice of the Synthea corpus in `tests/data/corpus` (see its README
-/// for provenance and licence).
-const SAMPLE: &[(&str, &[u8])] = &[
-    (
-        "Patient.01.ndjson.gz",
-        include_bytes!("../tests/data/corpus/Patient.01.ndjson.gz"),
-    ),
-    (
-        "Encounter.01.ndjson.gz",
-        include_bytes!("../tests/data/corpus/Encounter.01.ndjson.gz"),
-    ),
-    (
-        "Condition.01.ndjson.gz",
-        include_bytes!("../tests/data/corpus/Condition.01.ndjson.gz"),
-    ),
-    (
-        "Observation.01.ndjson.gz",
-        include_bytes!("../tests/data/corpus/Observation.01.ndjson.gz"),
-    ),
-    (
-        "Practitioner.01.ndjson.gz",
-        include_bytes!("../tests/data/corpus/Practitioner.01.ndjson.gz"),
-    ),
-];
+#[derive(Parser)]
+struct ExportArgv {
+    #[command(flatten)]
+    args: crate::export::ExportArgs,
+}
 
 /// Runs the demo.
 pub async fn run(a: DemoArgs) -> anyhow::Result<u8> {
-    let input_dir = a.dir.join("input");
-    std::fs::create_dir_all(&input_dir)
-        .with_context(|| format!("cannot create {}", input_dir.display()))?;
-    for (name, bytes) in SAMPLE {
-        let p = input_dir.join(name);
-        if !p.exists() {
-            std::fs::write(&p, bytes).with_context(|| format!("cannot write {}", p.display()))?;
-        }
+    std::fs::create_dir_all(&a.dir)
+        .with_context(|| format!("cannot create {}", a.dir.display()))?;
+    let lake = a.dir.join("lake");
+    let state = a.dir.join("state.db");
+    if lake.exists() {
+        std::fs::remove_dir_all(&lake)
+            .with_context(|| format!("cannot reset {}", lake.display()))?;
     }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(a.dir.join(format!("state.db{suffix}")));
+    }
+
+    let sb = Sandbox::start(SandboxConfig {
+        port: 0,
+        storage_port: 0,
+        patients: a.patients,
+        seed: 1,
+        ..SandboxConfig::default()
+    })
+    .await
+    .context("the sandbox could not start")?;
+    let client_dir = a.dir.join("client");
+    let key = client_dir.join("private_key.pem");
+    let jwks: serde_json::Value = if key.exists() {
+        serde_json::from_slice(&std::fs::read(client_dir.join("jwks.json"))?)?
+    } else {
+        generate_keys(Alg::ES384, &client_dir)?.jwks
+    };
+    sb.register_jwks_client("fhirhose-demo", jwks, "system/*.rs");
+    println!(
+        "sandbox EHR at {} ({} synthetic patients)",
+        sb.base_url(),
+        a.patients
+    );
+
     let mock = match &a.kafka_brokers {
         Some(_) => None,
         None => Some(
@@ -61,40 +76,59 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<u8> {
     let brokers = a
         .kafka_brokers
         .clone()
-        .or_else(|| mock.as_ref().map(|m| m.bootstrap_servers()));
-    let out = OutputArgs {
-        lake: a.dir.join("lake").display().to_string(),
-        kafka_brokers: brokers.clone(),
-        topic_prefix: "fhir".into(),
-        kafka_compression: "zstd".into(),
-        no_create_topics: mock.is_some(),
-        source: "demo".into(),
-        state: a.dir.join("state.db"),
-        summary_json: Some(a.dir.join("summary.json")),
-        max_line_bytes: fhirhose_ingest::framing::default_max_line_bytes(),
-        file_concurrency: 2,
-        workers: None,
-        force: mock.is_some(),
-        strict: false,
-        views: None,
-        raw_inline_bytes: fhirhose_sinks::raw::default_inline_limit(),
-        no_canonical_views: false,
-    };
-    let kafka = connect_kafka(&out).await?;
-    let cfg = build_config(&out, kafka).await?;
-    let files = crate::cli::resolve_inputs(&[input_dir.display().to_string()], &cfg.lake).await?;
-    let summary = run_and_record(cfg, files, "demo").await?;
-    let code = finish(&summary, out.summary_json.as_deref(), false)?;
+        .or_else(|| mock.as_ref().map(|m| m.bootstrap_servers()))
+        .unwrap_or_default();
+    let summary_path = a.dir.join("summary.json");
+    let base = sb.base_url();
+    let mut argv: Vec<String> = [
+        "export",
+        "--fhir-url",
+        &base,
+        "--client-id",
+        "fhirhose-demo",
+        "--key-file",
+        key.to_str().unwrap_or_default(),
+        "--scopes",
+        "system/*.rs",
+        "--system",
+        "--source",
+        "demo",
+        "--lake",
+        lake.to_str().unwrap_or_default(),
+        "--state",
+        state.to_str().unwrap_or_default(),
+        "--summary-json",
+        summary_path.to_str().unwrap_or_default(),
+        "--kafka-brokers",
+        &brokers,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if mock.is_some() {
+        argv.push("--no-create-topics".into());
+    }
+    let args = ExportArgv::try_parse_from(&argv)
+        .context("demo export arguments")?
+        .args;
+    let code = crate::export::run(args).await?;
+    sb.shutdown().await;
 
-    if let Some(brokers) = brokers {
-        let expected: u64 = summary.events_by_topic.values().sum();
+    let summary: serde_json::Value = std::fs::read(&summary_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let expected: u64 = summary["events_by_topic"]
+        .as_object()
+        .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+        .unwrap_or(0);
+    if expected > 0 {
         let counts = read_back(&brokers, "fhir", expected).await?;
         println!("events read back from Kafka ({brokers}):");
         for (t, n) in &counts {
             println!("    {t:<28} {n:>10}");
         }
     }
-    let lake = a.dir.join("lake");
     println!();
     println!("try it with DuckDB:");
     println!(

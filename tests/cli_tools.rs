@@ -87,3 +87,35 @@ fn sandbox_command_serves_a_smart_configuration_and_an_export_lands() {
     assert!(lake.join("tables/patient").exists());
     assert!(String::from_utf8_lossy(&out.stdout).contains("Patient"));
 }
+
+#[test]
+fn demo_runs_a_full_smart_export_and_reads_the_events_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    for _ in 0..2 {
+        // Twice: a rerun starts fresh and gives the same counts.
+        let out = fhirhose(
+            dir.path(),
+            &["demo", "--dir", demo.to_str().unwrap(), "--patients", "5"],
+        );
+        assert!(out.status.success());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.contains("events read back from Kafka"), "{stdout}");
+        let s = summary(&demo.join("summary.json"));
+        let resources = s["resources"].as_u64().unwrap();
+        assert!(resources > 0);
+        let events: u64 = s["events_by_topic"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        assert_eq!(events, resources, "one event per resource");
+        let patients_line = stdout
+            .lines()
+            .rev()
+            .find(|l| l.trim_start().starts_with("fhir.Patient"))
+            .unwrap();
+        assert!(patients_line.trim_end().ends_with(" 5"), "{patients_line}");
+    }
+}
