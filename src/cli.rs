@@ -146,6 +146,8 @@ pub struct StatusArgs {
     /// Runs to show.
     #[arg(long, default_value_t = 10)]
     pub limit: usize,
+    /// One export job: its files, progress and what it waits for.
+    pub job: Option<String>,
 }
 
 /// A usage or configuration error (exit code 2).
@@ -419,7 +421,11 @@ fn status(a: StatusArgs) -> anyhow::Result<u8> {
     if !a.state.exists() {
         return Err(UsageError(format!("no state database at {}", a.state.display())).into());
     }
+    if a.job.is_some() {
+        return crate::export::list_jobs(&a.state, a.job.as_deref());
+    }
     let state = StateStore::open(&a.state)?;
+    println!("runs:");
     for r in state.runs(a.limit)? {
         println!(
             "{}  {:<8} {:<8} source={} lake={} started={} finished={}",
@@ -449,5 +455,8 @@ fn status(a: StatusArgs) -> anyhow::Result<u8> {
             );
         }
     }
+    println!();
+    println!("export jobs:");
+    crate::export::list_jobs(&a.state, None)?;
     Ok(0)
 }
