@@ -250,10 +250,6 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
         ..Default::default()
     };
     let base = data.as_ptr() as usize;
-    let mut last_line = 0;
-    for (line_no, _, _) in block.lines() {
-        last_line = line_no;
-    }
     let has_views = !ctx.views.is_empty();
     SCRATCH.with(|cell| {
         let mut guard = cell.borrow_mut();
@@ -318,7 +314,9 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
             let value = match simd_json::to_borrowed_value_with_buffers(scratch, buffers) {
                 Ok(v) => v,
                 Err(e) => {
-                    let truncated = block.unterminated_tail && line_no == last_line;
+                    // The unterminated tail is the line that ends where the block ends.
+                    // (`+ 1` allows for a stripped trailing `\r`.)
+                    let truncated = block.unterminated_tail && start + line.len() + 1 >= data.len();
                     let (reason, what) = if truncated {
                         (
                             Reason::Truncated,

@@ -24,7 +24,7 @@ pub(crate) mod block;
 pub mod views;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use fhirhose_ingest::framing::{Frame, Framer, FramerConfig};
@@ -301,14 +301,14 @@ impl FileKeys {
 /// Runs the ingest of `inputs`; never fails as a whole: failures are per file, in the summary.
 pub async fn run_ingest(cfg: Arc<IngestConfig>, inputs: Vec<InputFile>) -> RunSummary {
     let started = Instant::now();
-    let summary = Arc::new(Mutex::new(RunSummary {
+    let mut s = RunSummary {
         run_id: cfg.run_id.clone(),
         source: cfg.source.clone(),
         lake: cfg.lake.url.clone(),
         files: inputs.len() as u64,
         events_published: cfg.kafka.is_some(),
         ..Default::default()
-    }));
+    };
     let reports: Vec<FileReport> = futures::stream::iter(inputs)
         .map(|input| {
             let cfg = Arc::clone(&cfg);
@@ -317,7 +317,6 @@ pub async fn run_ingest(cfg: Arc<IngestConfig>, inputs: Vec<InputFile>) -> RunSu
         .buffered(cfg.file_concurrency.max(1))
         .collect()
         .await;
-    let mut s = summary.lock().unwrap_or_else(|e| e.into_inner()).clone();
     for r in &reports {
         s.add(r);
     }
