@@ -581,7 +581,7 @@ fn const_item(c: &ConstVal) -> Item<'_> {
     }
 }
 
-fn to_text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
+pub(crate) fn to_text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
     match it {
         Item::Str(s, _) => Some(s.clone()),
         Item::Node {

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::cell::RefCell;
 
-use simd_json::{BorrowedValue as Value, StaticNode};
+use simd_json::BorrowedValue as Value;
 
 use super::compile::{ColKind, ColumnPlan, Iteration, SelectPlan};
 use super::{CompiledView, EvalError};
@@ -452,35 +452,10 @@ impl ColKind {
     }
 }
 
+/// Text of an item for string-like columns: scalars as in FHIRPath's own text conversion,
+/// objects and arrays as compact JSON.
 fn text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
     match it {
-        Item::Str(s, _) => Some(s.clone()),
-        Item::Node {
-            v: Value::String(s),
-            ..
-        } => {
-            let s: &'a str = s;
-            Some(Cow::Borrowed(marked_decimal(s).unwrap_or(s)))
-        }
-        Item::Node {
-            v: Value::Static(StaticNode::Bool(b)),
-            ..
-        }
-        | Item::Bool(b) => Some(Cow::Borrowed(if *b { "true" } else { "false" })),
-        Item::Node {
-            v: Value::Static(StaticNode::I64(i)),
-            ..
-        }
-        | Item::Int(i) => Some(Cow::Owned(i.to_string())),
-        Item::Node {
-            v: Value::Static(StaticNode::U64(u)),
-            ..
-        } => Some(Cow::Owned(u.to_string())),
-        Item::Node {
-            v: Value::Static(StaticNode::F64(f)),
-            ..
-        }
-        | Item::Dec(f) => Some(Cow::Owned(temporal::float_text(*f))),
         Item::Node {
             v: v @ (Value::Object(_) | Value::Array(_)),
             ..
@@ -489,10 +464,7 @@ fn text<'a>(it: &Item<'a>) -> Option<Cow<'a, str>> {
             write_json(v, &mut s);
             Some(Cow::Owned(s))
         }
-        Item::Node {
-            v: Value::Static(StaticNode::Null),
-            ..
-        } => None,
+        _ => crate::fhirpath::eval::to_text(it),
     }
 }
 
