@@ -31,6 +31,10 @@ pub struct Cli {
         env = "FHIRHOSE_LOG_LEVEL"
     )]
     pub log_level: String,
+    /// A TOML configuration file (see `fhirhose config example`); flags and `FHIRHOSE_*`
+    /// variables win over it.
+    #[arg(long, global = true, env = "FHIRHOSE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -40,7 +44,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Ingest NDJSON files (local files or folders, file:// or s3:// URLs) into the lake and Kafka.
-    Ingest(IngestArgs),
+    Ingest(Box<IngestArgs>),
     /// Run the whole pipeline on built-in sample data, with no set-up.
     Demo(DemoArgs),
     /// Show runs and files from the state store.
@@ -55,6 +59,16 @@ pub enum Command {
     Export(Box<crate::export::ExportArgs>),
     /// FHIR search paging (real-time, patient-level reads) into the lake.
     Fetch(Box<crate::fetch::FetchArgs>),
+    /// Rebuild view tables from the raw store after a ViewDefinition changed (no EHR, no Kafka).
+    Reprocess(Box<crate::reprocess::ReprocessArgs>),
+    /// SMART App Launch login (PKCE), revocation, and a backend-services token check.
+    Auth(crate::auth_cmd::AuthCmdArgs),
+    /// List authorization audit events (grants, refreshes, failures, revocations, denials).
+    Audit(crate::audit_cmd::AuditArgs),
+    /// A job or run report (counts, timings, retries, waits, a timeline) from the state database.
+    Report(crate::report_cmd::ReportArgs),
+    /// The configuration file: `check` it, or print an `example`.
+    Config(crate::config::ConfigArgs),
 }
 
 /// Options shared by commands that write a lake.
@@ -73,7 +87,7 @@ pub struct OutputArgs {
     #[arg(long, env = "FHIRHOSE_KAFKA_COMPRESSION", default_value = "zstd")]
     pub kafka_compression: String,
     /// Do not create missing topics (for clusters that auto-create them).
-    #[arg(long)]
+    #[arg(long, env = "FHIRHOSE_NO_CREATE_TOPICS")]
     pub no_create_topics: bool,
     /// Source name (tenant or EHR); part of raw keys and `ce_source`.
     #[arg(long, env = "FHIRHOSE_SOURCE", default_value = "local")]
@@ -97,7 +111,7 @@ pub struct OutputArgs {
     #[arg(long)]
     pub force: bool,
     /// Exit with code 5 when any line was dead-lettered.
-    #[arg(long)]
+    #[arg(long, env = "FHIRHOSE_STRICT")]
     pub strict: bool,
     /// A folder of ViewDefinitions (*.json) to run besides the canonical ones (a view with a
     /// canonical view's name replaces it).
@@ -108,8 +122,11 @@ pub struct OutputArgs {
     #[arg(long, hide = true, default_value_t = fhirhose_sinks::raw::default_inline_limit())]
     pub raw_inline_bytes: usize,
     /// Do not run the canonical views (only `resources` and `--views` tables are written).
-    #[arg(long)]
+    #[arg(long, env = "FHIRHOSE_NO_CANONICAL_VIEWS")]
     pub no_canonical_views: bool,
+    /// Metrics endpoint and progress display.
+    #[command(flatten)]
+    pub observe: crate::observe::ObserveArgs,
 }
 
 /// `fhirhose ingest`.
@@ -135,6 +152,9 @@ pub struct DemoArgs {
     /// Synthetic patients in the sandbox EHR.
     #[arg(long, default_value_t = 50)]
     pub patients: usize,
+    /// Metrics endpoint and progress display.
+    #[command(flatten)]
+    pub observe: crate::observe::ObserveArgs,
 }
 
 /// `fhirhose status`.
@@ -155,10 +175,27 @@ pub struct StatusArgs {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Maps an error to the documented exit code.
+/// Maps an error to the documented exit code: 2 usage or configuration, 3 authorization,
+/// 4 anything else (server or fatal). Commands return 0, 4 or 5 themselves.
 pub fn exit_code_for(e: &anyhow::Error) -> u8 {
-    if e.chain().any(|c| c.downcast_ref::<UsageError>().is_some()) {
+    use fhirhose_ingest::auth::{AuthError, AuthErrorKind};
+    use fhirhose_ingest::http::{HttpError, HttpErrorKind};
+    let usage = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<UsageError>().is_some()
+            || c.downcast_ref::<crate::config::ConfigError>().is_some()
+            || c.downcast_ref::<AuthError>()
+                .is_some_and(|a| a.kind() == AuthErrorKind::Config)
+    };
+    let auth = |c: &(dyn std::error::Error + 'static)| {
+        c.downcast_ref::<AuthError>().is_some()
+            || c.downcast_ref::<HttpError>().is_some_and(|h| {
+                matches!(h.kind(), HttpErrorKind::Auth | HttpErrorKind::Unauthorized)
+            })
+    };
+    if e.chain().any(usage) {
         2
+    } else if e.chain().any(auth) {
+        3
     } else {
         4
     }
@@ -166,15 +203,27 @@ pub fn exit_code_for(e: &anyhow::Error) -> u8 {
 
 /// Runs a parsed command line; returns the exit code.
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
+    let config = cli.config;
     match cli.command {
-        Command::Ingest(a) => ingest(a).await,
+        Command::Ingest(a) => ingest(*a).await,
         Command::Demo(a) => crate::demo::run(a).await,
         Command::Status(a) => status(a),
         Command::Views(a) => crate::views_cmd::run(a).await,
         Command::Keys(a) => crate::tools_cmd::keys(a),
         Command::Sandbox(a) => crate::tools_cmd::sandbox(a).await,
-        Command::Export(a) => crate::export::run(*a).await,
-        Command::Fetch(a) => crate::fetch::run(*a).await,
+        Command::Export(mut a) => {
+            a.auth.config = config;
+            crate::export::run(*a).await
+        }
+        Command::Fetch(mut a) => {
+            a.auth.config = config;
+            crate::fetch::run(*a).await
+        }
+        Command::Reprocess(a) => crate::reprocess::run(*a).await,
+        Command::Auth(a) => crate::auth_cmd::run(a).await,
+        Command::Audit(a) => crate::audit_cmd::run(a),
+        Command::Report(a) => crate::report_cmd::run(a).await,
+        Command::Config(a) => crate::config::run(a, config.as_deref()),
     }
 }
 
@@ -244,6 +293,7 @@ pub async fn build_config(
         delivery_timeout: pipeline::default_delivery_timeout(),
         force: out.force,
         raw_inline_bytes: out.raw_inline_bytes,
+        lineage: pipeline::RunLineage::default(),
     })
 }
 
@@ -305,7 +355,9 @@ pub async fn run_and_record(
         status: "running".into(),
         summary: None,
     })?;
+    crate::observe::progress::begin_landing(files.len() as u64, files.iter().map(|f| f.size).sum());
     let summary = pipeline::run_ingest(Arc::clone(&cfg), files).await;
+    crate::tables::publish_ingest(&cfg.lake, &cfg.views, &summary).await?;
     let mut brief = summary.clone();
     brief.file_reports.clear();
     cfg.state.finish_run(
@@ -320,6 +372,7 @@ pub async fn run_and_record(
 }
 
 async fn ingest(a: IngestArgs) -> anyhow::Result<u8> {
+    let _observe = crate::observe::Session::start(&a.out.source, &a.out.observe).await?;
     let kafka = connect_kafka(&a.out).await?;
     let cfg = build_config(&a.out, kafka).await?;
     let files = resolve_inputs(&a.inputs, &cfg.lake).await?;
@@ -335,7 +388,9 @@ pub fn finish(
 ) -> anyhow::Result<u8> {
     print_summary(summary);
     if let Some(p) = json {
-        std::fs::write(p, serde_json::to_vec_pretty(summary)?)
+        let mut v = serde_json::to_value(summary)?;
+        v["metrics"] = crate::observe::snapshot_json();
+        std::fs::write(p, serde_json::to_vec_pretty(&v)?)
             .with_context(|| format!("cannot write summary to {}", p.display()))?;
     }
     Ok(if summary.files_failed > 0 {
@@ -408,11 +463,18 @@ pub fn print_summary(s: &RunSummary) {
     } else {
         println!("  events: none published (no Kafka brokers configured)");
     }
+    let metrics = crate::observe::summary_lines();
+    if !metrics.is_empty() {
+        println!("  metrics:");
+        for m in metrics {
+            println!("    {m}");
+        }
+    }
     for f in s.file_reports.iter().filter(|f| f.status == "failed") {
         println!(
             "  FAILED {}: {}",
             f.input,
-            f.error.as_deref().unwrap_or("unknown error")
+            fhirhose_ingest::http::redact_text(f.error.as_deref().unwrap_or("unknown error"))
         );
     }
 }

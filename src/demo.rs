@@ -108,6 +108,7 @@ pub async fn run(a: DemoArgs) -> anyhow::Result<u8> {
     if mock.is_some() {
         argv.push("--no-create-topics".into());
     }
+    argv.extend(a.observe.to_argv());
     let args = ExportArgv::try_parse_from(&argv)
         .context("demo export arguments")?
         .args;

@@ -23,9 +23,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{ArgGroup, Args};
 use fhirhose_ingest::auth::{
-    AuditSink, AuthConfig, AuthErrorKind, Authorizer, ClientAuthConfig, JsonlAuditSink,
+    AuditScope, AuditSink, AuthConfig, AuthErrorKind, AuthFlow, Authorizer, ClientAuthConfig,
+    SqliteAuditSink,
 };
-use fhirhose_ingest::bulk::config::{ExportConfigFile, SourceConfig};
+use fhirhose_ingest::bulk::config::SourceConfig;
 use fhirhose_ingest::bulk::{
     BulkErrorKind, ExportLevel, ExportOptions, ExportRequest, Exporter, FileOutcome, JobReport,
     JobStore, Profile, Since, SqliteJobStore,
@@ -42,8 +43,9 @@ pub struct AuthArgs {
     /// FHIR base URL.
     #[arg(long, env = "FHIRHOSE_FHIR_URL")]
     pub fhir_url: Option<String>,
-    /// A TOML file naming sources; `--source` picks one.
-    #[arg(long, env = "FHIRHOSE_CONFIG")]
+    /// The configuration file (the global `--config`); its `[sources]` tables name EHRs,
+    /// `--source` picks one.
+    #[arg(skip)]
     pub config: Option<PathBuf>,
     /// OAuth client id; without one, requests carry no token.
     #[arg(long, env = "FHIRHOSE_CLIENT_ID")]
@@ -55,7 +57,7 @@ pub struct AuthArgs {
     #[arg(long, env = "FHIRHOSE_SECRET_FILE")]
     pub secret_file: Option<PathBuf>,
     /// The name of an environment variable holding the client secret.
-    #[arg(long)]
+    #[arg(long, env = "FHIRHOSE_SECRET_ENV")]
     pub secret_env: Option<String>,
     /// Scopes to request.
     #[arg(long, env = "FHIRHOSE_SCOPES")]
@@ -67,6 +69,14 @@ pub struct AuthArgs {
     /// smart-reference) or a TOML file; default: detected from the CapabilityStatement.
     #[arg(long, env = "FHIRHOSE_PROFILE")]
     pub profile: Option<String>,
+    /// How to obtain tokens: `backend-services` (key or secret), `app-launch` (the
+    /// refresh token of `fhirhose auth login`), or `auto` (app-launch when no key or
+    /// secret is given and a stored login exists).
+    #[arg(long = "auth", value_enum, env = "FHIRHOSE_AUTH", default_value_t)]
+    pub auth_method: crate::auth_cmd::AuthMethod,
+    /// App Launch: the login file (default `<state dir>/credentials/<client id>.json`).
+    #[arg(long, env = "FHIRHOSE_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// `fhirhose export`.
@@ -89,7 +99,7 @@ pub struct ExportArgs {
     #[arg(long = "type", value_delimiter = ',')]
     pub types: Vec<String>,
     /// `_since`: an instant, or `auto` for the last successful export of the same request.
-    #[arg(long)]
+    #[arg(long, env = "FHIRHOSE_SINCE")]
     pub since: Option<String>,
     /// `_typeFilter` (repeatable), e.g. `Observation?category=laboratory`.
     #[arg(long)]
@@ -116,7 +126,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub resume: bool,
     /// Give up on a job after this many days (default: the profile's).
-    #[arg(long)]
+    #[arg(long, env = "FHIRHOSE_DEADLINE_DAYS")]
     pub deadline_days: Option<f64>,
     /// Write the job report as JSON to this file.
     #[arg(long)]
@@ -146,6 +156,8 @@ pub struct Connection {
     pub profile: Profile,
     /// The config file's source settings.
     pub source: SourceConfig,
+    /// The audit table the authorizer records into (when authenticating).
+    pub audit: Option<Arc<SqliteAuditSink>>,
 }
 
 /// Why a connection could not be made.
@@ -180,7 +192,12 @@ pub fn apply_config(
     let Some(path) = &auth.config else {
         return Ok(SourceConfig::default());
     };
-    let file = ExportConfigFile::load(path).map_err(|e| usage(e.to_string()))?;
+    let file = crate::config::load_sources(path)?;
+    if file.sources.is_empty() {
+        // A configuration file without `[sources]`: its other keys already arrived as
+        // FHIRHOSE_* variables.
+        return Ok(SourceConfig::default());
+    }
     let wanted =
         (out.source != "local" || file.sources.contains_key("local")).then(|| out.source.clone());
     let (name, s) = file
@@ -257,18 +274,79 @@ fn client_auth(a: &AuthArgs) -> Result<ClientAuthConfig, ConnectError> {
     })
 }
 
-/// Resolves the profile, builds the transport and (with a client id) the authorizer.
+/// A stored App Launch login to continue, when `--auth` (or `auto`) asks for one.
+fn stored_login(
+    a: &AuthArgs,
+    state_path: &Path,
+) -> Result<Option<(PathBuf, crate::auth_cmd::StoredLogin)>, ConnectError> {
+    use crate::auth_cmd::{credentials_path, AuthMethod, StoredLogin};
+    let Some(client_id) = &a.client_id else {
+        return match a.auth_method {
+            AuthMethod::AppLaunch => Err(usage("--auth app-launch needs --client-id")),
+            _ => Ok(None),
+        };
+    };
+    let path = a
+        .token_file
+        .clone()
+        .unwrap_or_else(|| credentials_path(state_path, client_id));
+    let wanted = match a.auth_method {
+        AuthMethod::BackendServices => false,
+        AuthMethod::AppLaunch => true,
+        AuthMethod::Auto => !has_client_credentials(a) && path.exists(),
+    };
+    if !wanted {
+        return Ok(None);
+    }
+    if !path.exists() {
+        return Err(ConnectError::Auth {
+            message: format!(
+                "no stored login at {}; run `fhirhose auth login` first",
+                path.display()
+            ),
+            reauth: true,
+        });
+    }
+    let stored = StoredLogin::read(&path).map_err(ConnectError::Other)?;
+    if stored.client_id != *client_id {
+        return Err(usage(format!(
+            "{} holds a login of another client",
+            path.display()
+        )));
+    }
+    Ok(Some((path, stored)))
+}
+
+fn has_client_credentials(a: &AuthArgs) -> bool {
+    a.key_file.is_some() || a.secret_file.is_some() || a.secret_env.is_some()
+}
+
+/// Resolves the profile, builds the transport and (with a client id) the authorizer,
+/// whose audit events go to the state database tagged with `scope`.
 pub async fn connect(
     a: &AuthArgs,
     state_path: &Path,
     default_scopes: &str,
     source: SourceConfig,
+    scope: AuditScope,
 ) -> Result<Connection, ConnectError> {
-    let Some(url) = &a.fhir_url else {
-        return Err(usage("--fhir-url (or a config file source) is required"));
+    let login = stored_login(a, state_path)?;
+    let url = match (&a.fhir_url, &login) {
+        (Some(u), _) => u.clone(),
+        (None, Some((_, l))) => l.fhir_base.to_string(),
+        (None, None) => return Err(usage("--fhir-url (or a config file source) is required")),
     };
     // Kept as given: it is also the `aud` of App Launch requests.
-    let base = Url::parse(url).map_err(|e| usage(format!("--fhir-url is not a URL: {e}")))?;
+    let base = Url::parse(&url).map_err(|e| usage(format!("--fhir-url is not a URL: {e}")))?;
+    if let Some((path, l)) = &login {
+        // A grant is bound to its server: never send its tokens anywhere else.
+        if l.fhir_base.as_str().trim_end_matches('/') != base.as_str().trim_end_matches('/') {
+            return Err(usage(format!(
+                "the login in {} is for another FHIR server",
+                path.display()
+            )));
+        }
+    }
     let plain = HttpConfig::default()
         .build()
         .context("cannot build the HTTP client")?;
@@ -287,33 +365,47 @@ pub async fn connect(
             auth: None,
             profile,
             source,
+            audit: None,
         });
     };
-    let mut cfg = AuthConfig::new(
-        base.clone(),
-        client_id.clone(),
-        a.scopes
-            .clone()
-            .unwrap_or_else(|| default_scopes.to_owned()),
-        client_auth(a)?,
-    );
+    let mut cfg = match &login {
+        Some((path, l)) => {
+            let client = if has_client_credentials(a) {
+                client_auth(a)?
+            } else {
+                ClientAuthConfig::Public
+            };
+            let mut cfg = AuthConfig::new(
+                base.clone(),
+                client_id.clone(),
+                a.scopes.clone().unwrap_or_else(|| l.scopes.clone()),
+                client,
+            );
+            cfg.flow = AuthFlow::AppLaunch;
+            cfg.refresh_token_path = Some(path.clone());
+            cfg.token_endpoint = Some(l.token_endpoint.clone());
+            cfg
+        }
+        None => {
+            let mut cfg = AuthConfig::new(
+                base.clone(),
+                client_id.clone(),
+                a.scopes
+                    .clone()
+                    .unwrap_or_else(|| default_scopes.to_owned()),
+                client_auth(a)?,
+            );
+            cfg.flow = AuthFlow::BackendServices;
+            cfg
+        }
+    };
     if let Some(t) = &a.token_url {
         cfg.token_endpoint =
             Some(Url::parse(t).map_err(|e| usage(format!("--token-url is not a URL: {e}")))?);
     }
-    let audit_path = state_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .join("auth-audit.jsonl");
-    if let Some(dir) = audit_path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    }
-    let audit: Arc<dyn AuditSink> = Arc::new(
-        JsonlAuditSink::open(&audit_path)
-            .with_context(|| format!("cannot open the audit log {}", audit_path.display()))?,
-    );
-    let auth = Authorizer::build(&cfg, &http, audit)
+    let audit = crate::auth_cmd::open_audit(state_path, scope)?;
+    let sink: Arc<dyn AuditSink> = audit.clone();
+    let auth = Authorizer::build(&cfg, &http, sink)
         .await
         .map_err(|e| auth_error(&e))?;
     // Obtain the first token now: a bad key or client fails here, before any job exists.
@@ -328,6 +420,7 @@ pub async fn connect(
         auth: Some(auth),
         profile,
         source,
+        audit: Some(audit),
     })
 }
 
@@ -373,7 +466,7 @@ pub fn connect_failure(e: ConnectError) -> anyhow::Result<u8> {
     match e {
         ConnectError::Usage(u) => Err(u.into()),
         ConnectError::Auth { message, reauth } => {
-            eprintln!("error: {message}");
+            crate::logging::eprint_redacted(&format!("error: {message}"));
             if reauth {
                 eprintln!("the grant is gone: authorize again (`fhirhose auth login`), then run with --resume");
             }
@@ -433,7 +526,15 @@ pub async fn run(mut a: ExportArgs) -> anyhow::Result<u8> {
         Err(e) => return connect_failure(e),
     };
     let request = build_request(&a, &source)?;
-    let conn = match connect(&a.auth, &a.out.state, "system/*.read", source).await {
+    let _observe = crate::observe::Session::start(&a.out.source, &a.out.observe).await?;
+    // Known before the first token request, so every audit event names its run.
+    let run_id = crate::cli::new_run_id();
+    let scope = AuditScope {
+        source: Some(a.out.source.clone()),
+        run_id: Some(run_id.clone()),
+        job_id: None,
+    };
+    let conn = match connect(&a.auth, &a.out.state, "system/*.read", source, scope).await {
         Ok(c) => c,
         Err(e) => return connect_failure(e),
     };
@@ -448,6 +549,7 @@ pub async fn run(mut a: ExportArgs) -> anyhow::Result<u8> {
     )
     .force(a.out.force)
     .resume(a.resume);
+    opts.on_progress = Some(crate::observe::progress::export_observer());
     if let Some(d) = a.deadline_days {
         if !(d.is_finite() && d > 0.0) {
             return Err(UsageError("--deadline-days must be positive".into()).into());
@@ -459,7 +561,7 @@ pub async fn run(mut a: ExportArgs) -> anyhow::Result<u8> {
         Err(e) => {
             return match e.kind() {
                 BulkErrorKind::NeedsReauthorization => {
-                    eprintln!("error: {}", chain(&e));
+                    crate::logging::eprint_redacted(&format!("error: {}", chain(&e)));
                     eprintln!("the export job is kept as needs-reauthorization: authorize again, then run with --resume");
                     Ok(3)
                 }
@@ -469,8 +571,16 @@ pub async fn run(mut a: ExportArgs) -> anyhow::Result<u8> {
         }
     };
     let _beat = ready.job.heartbeat();
+    let job_id = ready.job.id();
+    if let Some(audit) = &conn.audit {
+        audit.set_job(job_id.clone());
+    }
     let kafka = connect_kafka(&a.out).await?;
     let mut cfg = build_config(&a.out, kafka).await?;
+    cfg.run_id = run_id.clone();
+    cfg.lineage = crate::audit_cmd::lineage(&conn, &a.out.source, &run_id, Some(job_id)).await;
+    let lineage = cfg.lineage.clone();
+    let lake = cfg.lake.clone();
     // The profile bounds parallel downloads from the server.
     cfg.file_concurrency = conn.profile.download.concurrency.max(1) as usize;
     let started = Instant::now();
@@ -491,6 +601,7 @@ pub async fn run(mut a: ExportArgs) -> anyhow::Result<u8> {
         .complete(&ready, &outcomes, &opts, download_s)
         .await
         .context("cannot record the export job")?;
+    crate::audit_cmd::finish_run(&conn, &lake, &run_id, &lineage).await?;
     let code = finish(&summary, a.out.summary_json.as_deref(), a.out.strict)?;
     print_report(&report);
     if let Some(p) = &a.report_json {
@@ -575,7 +686,7 @@ pub fn print_report(r: &JobReport) {
         println!("  COUNT MISMATCH {m}");
     }
     for f in &r.failures {
-        println!("  FAILED {f}");
+        println!("  FAILED {}", fhirhose_ingest::http::redact_text(f));
     }
     if !r.status_deleted && r.state == "done" {
         println!("  note: the status URL could not be deleted on the server");
@@ -616,7 +727,7 @@ pub fn list_jobs(state: &Path, job: Option<&str>) -> anyhow::Result<u8> {
             println!("    waiting for: {w}");
         }
         if let Some(e) = &j.error {
-            println!("    error: {e}");
+            println!("    error: {}", fhirhose_ingest::http::redact_text(e));
         }
         if job.is_some() {
             if let Some(r) = &j.report {

@@ -44,6 +44,7 @@ pub async fn run(mut a: FetchArgs) -> anyhow::Result<u8> {
         Ok(s) => s,
         Err(e) => return connect_failure(e),
     };
+    let _observe = crate::observe::Session::start(&a.out.source, &a.out.observe).await?;
     let mut req = SearchRequest::new(a.resource_type.clone());
     req.patient = a.patient.clone();
     if let Some(s) = &a.since {
@@ -66,15 +67,26 @@ pub async fn run(mut a: FetchArgs) -> anyhow::Result<u8> {
     } else {
         "system/*.read".to_owned()
     };
-    let conn = match connect(&a.auth, &a.out.state, &scopes, source).await {
+    let run_id = crate::cli::new_run_id();
+    let scope = fhirhose_ingest::auth::AuditScope {
+        source: Some(a.out.source.clone()),
+        run_id: Some(run_id.clone()),
+        job_id: None,
+    };
+    let conn = match connect(&a.auth, &a.out.state, &scopes, source, scope).await {
         Ok(c) => c,
         Err(e) => return connect_failure(e),
     };
     let opener = SearchOpener::new(conn.http.clone(), &conn.base, &req)
         .map_err(|e| UsageError(e.to_string()))?;
     let kafka = connect_kafka(&a.out).await?;
-    let cfg = build_config(&a.out, kafka).await?;
+    let mut cfg = build_config(&a.out, kafka).await?;
+    cfg.run_id = run_id.clone();
+    cfg.lineage = crate::audit_cmd::lineage(&conn, &a.out.source, &run_id, None).await;
+    let lineage = cfg.lineage.clone();
+    let lake = cfg.lake.clone();
     let file = opener.input_file(&cfg.run_id);
     let summary = run_and_record(cfg, vec![file], "fetch").await?;
+    crate::audit_cmd::finish_run(&conn, &lake, &run_id, &lineage).await?;
     finish(&summary, a.out.summary_json.as_deref(), a.out.strict)
 }

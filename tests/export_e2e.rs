@@ -9,34 +9,22 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use common::Setup;
 use common::{local_store, objects, resource_rows, BIN};
-use fhirhose_ingest::auth::{generate_keys, Alg};
-use fhirhose_sandbox::{RunningSandbox, Sandbox, SandboxConfig};
-
-struct Setup {
-    sb: RunningSandbox,
-    dir: tempfile::TempDir,
-    key: PathBuf,
-}
+use fhirhose_sandbox::SandboxConfig;
 
 async fn setup(faults: &str, patients: usize) -> Setup {
-    let sb = Sandbox::start(SandboxConfig {
-        patients,
-        faults: faults.parse().unwrap(),
-        export_polls: 1,
-        resources_per_file: 40,
-        ..SandboxConfig::default()
-    })
+    common::sandbox_with_client(
+        SandboxConfig {
+            patients,
+            faults: faults.parse().unwrap(),
+            export_polls: 1,
+            resources_per_file: 40,
+            ..SandboxConfig::default()
+        },
+        "fhirhose-e2e",
+    )
     .await
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let keys = generate_keys(Alg::ES384, &dir.path().join("keys")).unwrap();
-    sb.register_jwks_client("fhirhose-e2e", keys.jwks.clone(), "system/*.read");
-    Setup {
-        sb,
-        key: keys.private_key_path,
-        dir,
-    }
 }
 
 impl Setup {

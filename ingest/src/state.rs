@@ -10,12 +10,26 @@
 //!   tasks.
 //! - Writes are single statements or transactions; the database runs in WAL mode with a busy
 //!   timeout so that `fhirhose status` can read while a run writes.
+//! - A file task that publishes events checkpoints its *ack watermark* in `file_watermarks`:
+//!   the highest line `L` such that every event of lines `1..=L` was acknowledged by the
+//!   broker, tagged with the event sink it was published to. A later attempt at the same file
+//!   and sink may skip publishing lines `<= L` (see `fhirhose::pipeline::watermark`). The row
+//!   is deleted in the same transaction that records the file `done`, so a forced re-run of a
+//!   landed file publishes everything again.
 //! - Nothing secret or PHI is stored here: locations, counts, hashes and error classes only.
+//!   The `auth_events` audit table holds who/what/when/outcome of every authorization
+//!   event and launch-context ids, never a token, assertion, secret, code or verifier.
+//! - The audit table is append-only: rows are inserted and only ever gain a `job_id`
+//!   (known after an export's kick-off), never change otherwise.
+//! - Schema changes are additive: new tables with `CREATE TABLE IF NOT EXISTS`, new
+//!   columns of existing tables with `ALTER TABLE ADD COLUMN` when missing (see
+//!   [`migrate`]), so an older database opens and keeps its rows.
 
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension};
+use serde::{Deserialize, Serialize};
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +167,136 @@ CREATE TABLE IF NOT EXISTS files (
   error TEXT,
   PRIMARY KEY (lake, fingerprint)
 );
+CREATE TABLE IF NOT EXISTS auth_events (
+  event_id TEXT PRIMARY KEY,
+  time TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  outcome TEXT NOT NULL,
+  source TEXT,
+  run_id TEXT,
+  job_id TEXT,
+  client_id TEXT NOT NULL,
+  issuer TEXT NOT NULL,
+  token_endpoint TEXT NOT NULL,
+  endpoint_host TEXT NOT NULL,
+  grant_type TEXT,
+  requested_scopes TEXT NOT NULL,
+  granted_scopes TEXT NOT NULL,
+  missing_scopes TEXT NOT NULL,
+  patient TEXT,
+  encounter TEXT,
+  fhir_user TEXT,
+  expires_at TEXT,
+  error_class TEXT,
+  detail TEXT
+);
+CREATE INDEX IF NOT EXISTS auth_events_by_run ON auth_events (run_id, time);
+CREATE INDEX IF NOT EXISTS auth_events_by_job ON auth_events (job_id, time);
+CREATE TABLE IF NOT EXISTS file_watermarks (
+  lake TEXT NOT NULL,
+  fingerprint TEXT NOT NULL,
+  sink TEXT NOT NULL,
+  acked_through INTEGER NOT NULL,
+  run_id TEXT NOT NULL,
+  updated_at TEXT NOT NULL,
+  PRIMARY KEY (lake, fingerprint)
+);
 ";
+
+/// Columns added to existing tables after their first release: (table, column, type).
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    // The audit event of the grant in force when the run started fetching (lineage).
+    ("runs", "auth_event_id", "TEXT"),
+    // The export job whose files the run landed.
+    ("runs", "job_id", "TEXT"),
+];
+
+/// Creates missing tables and adds missing columns.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    for (table, column, ty) in ADDED_COLUMNS {
+        let present = conn
+            .prepare(&format!("PRAGMA table_info({table})"))?
+            .query_map([], |r| r.get::<_, String>(1))?
+            .collect::<Result<Vec<_>, _>>()?
+            .iter()
+            .any(|c| c == column);
+        if !present {
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {ty}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// One authorization audit event as stored (and as written to the lake's
+/// `audit/<source>/<run_id>.jsonl`). Contains no credentials.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditRecord {
+    /// Event id (UUID v7).
+    pub event_id: String,
+    /// RFC 3339 time.
+    pub time: String,
+    /// `grant`, `refresh`, `failure`, `unauthorized`, `revocation`, `scope_denied`.
+    pub kind: String,
+    /// `success`, `partial`, `failure`, `denied`.
+    pub outcome: String,
+    /// Source (tenant or EHR) the command worked for.
+    pub source: Option<String>,
+    /// The run the event happened in.
+    pub run_id: Option<String>,
+    /// The export job the event happened in.
+    pub job_id: Option<String>,
+    /// OAuth client id.
+    pub client_id: String,
+    /// FHIR base URL (redacted).
+    pub issuer: String,
+    /// Token endpoint (redacted).
+    pub token_endpoint: String,
+    /// Host of the token endpoint.
+    pub endpoint_host: String,
+    /// `client_credentials`, `authorization_code`, `refresh_token`.
+    pub grant_type: Option<String>,
+    /// Scopes asked for.
+    pub requested_scopes: Vec<String>,
+    /// Scopes granted.
+    pub granted_scopes: Vec<String>,
+    /// Requested but not granted.
+    pub missing_scopes: Vec<String>,
+    /// Launch context patient id.
+    pub patient: Option<String>,
+    /// Launch context encounter id.
+    pub encounter: Option<String>,
+    /// Launch context `fhirUser`.
+    pub fhir_user: Option<String>,
+    /// RFC 3339 token expiry.
+    pub expires_at: Option<String>,
+    /// Error class.
+    pub error_class: Option<String>,
+    /// Credential-free detail.
+    pub detail: Option<String>,
+}
+
+/// A run's authorization lineage.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunAuth {
+    /// The audit event of the grant in force when the run started fetching.
+    pub auth_event_id: Option<String>,
+    /// The export job whose files the run landed.
+    pub job_id: Option<String>,
+}
+
+/// Which audit events to list; unset fields match everything.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Events of this run.
+    pub run_id: Option<String>,
+    /// Events of this export job (recorded in it, of its runs, or its kick-off grant).
+    pub job_id: Option<String>,
+    /// Events at or after this RFC 3339 time.
+    pub since: Option<String>,
+    /// At most this many (newest kept), 0 for all.
+    pub limit: usize,
+}
 
 fn now() -> String {
     time::OffsetDateTime::now_utc()
@@ -181,7 +324,7 @@ impl StateStore {
             .map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        migrate(&conn).map_err(open_err)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -190,7 +333,7 @@ impl StateStore {
     /// An in-memory database, for tests.
     pub fn in_memory() -> Result<Self, StateError> {
         let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -281,9 +424,55 @@ impl StateStore {
         Ok(())
     }
 
-    /// Marks a file task done with its final counts. Call only when every output is durable.
-    pub fn file_done(&self, rec: &FileRecord) -> Result<(), StateError> {
+    /// The ack watermark checkpointed for a file task and event sink (0 when none).
+    pub fn file_watermark(
+        &self,
+        lake: &str,
+        fingerprint: &str,
+        sink: &str,
+    ) -> Result<u64, StateError> {
+        let v: Option<i64> = self
+            .conn()
+            .query_row(
+                "SELECT acked_through FROM file_watermarks WHERE lake = ?1 AND fingerprint = ?2 AND sink = ?3",
+                params![lake, fingerprint, sink],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(v.map_or(0, |v| u64::try_from(v).unwrap_or(0)))
+    }
+
+    /// Checkpoints a file task's ack watermark: every event of lines `1..=acked_through`
+    /// published to `sink` was acknowledged. Never moves a watermark of the same sink back.
+    pub fn set_file_watermark(
+        &self,
+        lake: &str,
+        fingerprint: &str,
+        sink: &str,
+        acked_through: u64,
+        run_id: &str,
+    ) -> Result<(), StateError> {
+        let line = i64::try_from(acked_through).unwrap_or(i64::MAX);
         self.conn().execute(
+            "INSERT INTO file_watermarks (lake, fingerprint, sink, acked_through, run_id, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (lake, fingerprint) DO UPDATE SET
+               acked_through = CASE WHEN file_watermarks.sink = excluded.sink THEN max(file_watermarks.acked_through, excluded.acked_through) ELSE excluded.acked_through END,
+               sink = excluded.sink, run_id = excluded.run_id, updated_at = excluded.updated_at",
+            params![lake, fingerprint, sink, line, run_id, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a file task done with its final counts (and drops its ack watermark, in the
+    /// same transaction). Call only when every output is durable.
+    pub fn file_done(&self, rec: &FileRecord) -> Result<(), StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "DELETE FROM file_watermarks WHERE lake = ?1 AND fingerprint = ?2",
+            params![rec.lake, rec.fingerprint],
+        )?;
+        tx.execute(
             "INSERT INTO files (lake, fingerprint, input, raw_key, status, sha256, bytes, lines, resources, dead_letters, run_id, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'done', ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT (lake, fingerprint) DO UPDATE SET status = 'done', input = excluded.input, raw_key = excluded.raw_key, sha256 = excluded.sha256,
@@ -303,6 +492,7 @@ impl StateStore {
                 now()
             ],
         )?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -319,6 +509,138 @@ impl StateStore {
         )?;
         Ok(())
     }
+}
+
+const AUDIT_COLUMNS: &str = "event_id, time, kind, outcome, source, run_id, job_id, client_id, issuer, token_endpoint, endpoint_host, grant_type, requested_scopes, granted_scopes, missing_scopes, patient, encounter, fhir_user, expires_at, error_class, detail";
+
+impl StateStore {
+    /// Appends one authorization audit event.
+    pub fn record_auth_event(&self, e: &AuditRecord) -> Result<(), StateError> {
+        let j = |v: &Vec<String>| v.join(" ");
+        self.conn().execute(
+            &format!("INSERT INTO auth_events ({AUDIT_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)"),
+            params![
+                e.event_id, e.time, e.kind, e.outcome, e.source, e.run_id, e.job_id, e.client_id,
+                e.issuer, e.token_endpoint, e.endpoint_host, e.grant_type,
+                j(&e.requested_scopes), j(&e.granted_scopes), j(&e.missing_scopes),
+                e.patient, e.encounter, e.fhir_user, e.expires_at, e.error_class, e.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Audit events matching `f`, oldest first.
+    pub fn auth_events(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>, StateError> {
+        let conn = self.conn();
+        let mut sql = format!("SELECT {AUDIT_COLUMNS} FROM auth_events WHERE 1=1");
+        let mut args: Vec<String> = Vec::new();
+        if let Some(r) = &f.run_id {
+            args.push(r.clone());
+            sql.push_str(&format!(" AND run_id = ?{}", args.len()));
+        }
+        if let Some(j) = &f.job_id {
+            args.push(j.clone());
+            let n = args.len();
+            // Recorded in the job, in one of its runs, or the grant its kick-off used.
+            sql.push_str(&format!(
+                " AND (job_id = ?{n} OR run_id IN (SELECT run_id FROM runs WHERE job_id = ?{n})"
+            ));
+            let has_jobs: bool = conn
+                .query_row(
+                    "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'export_jobs'",
+                    [],
+                    |_| Ok(true),
+                )
+                .optional()?
+                .unwrap_or(false);
+            if has_jobs {
+                sql.push_str(&format!(
+                    " OR event_id IN (SELECT auth_event_id FROM export_jobs WHERE job_id = ?{n})"
+                ));
+            }
+            sql.push(')');
+        }
+        if let Some(t) = &f.since {
+            args.push(t.clone());
+            sql.push_str(&format!(" AND time >= ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY time DESC, event_id DESC");
+        if f.limit > 0 {
+            sql.push_str(&format!(" LIMIT {}", f.limit));
+        }
+        let mut stmt = conn.prepare(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), row_to_audit)?;
+        let mut out: Vec<AuditRecord> = rows.collect::<Result<_, _>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Records the authorization lineage of a run: the audit event of the grant in force
+    /// and the export job it landed files for. Events recorded in the run without a job id
+    /// get this job id.
+    pub fn set_run_auth(
+        &self,
+        run_id: &str,
+        auth_event_id: Option<&str>,
+        job_id: Option<&str>,
+    ) -> Result<(), StateError> {
+        let conn = self.conn();
+        conn.execute(
+            "UPDATE runs SET auth_event_id = COALESCE(?2, auth_event_id), job_id = COALESCE(?3, job_id) WHERE run_id = ?1",
+            params![run_id, auth_event_id, job_id],
+        )?;
+        if let Some(j) = job_id {
+            conn.execute(
+                "UPDATE auth_events SET job_id = ?2 WHERE run_id = ?1 AND job_id IS NULL",
+                params![run_id, j],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// A run's authorization lineage (`None` when there is no such run).
+    pub fn run_auth(&self, run_id: &str) -> Result<Option<RunAuth>, StateError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT auth_event_id, job_id FROM runs WHERE run_id = ?1",
+                params![run_id],
+                |r| {
+                    Ok(RunAuth {
+                        auth_event_id: r.get(0)?,
+                        job_id: r.get(1)?,
+                    })
+                },
+            )
+            .optional()?)
+    }
+}
+
+fn row_to_audit(r: &rusqlite::Row<'_>) -> rusqlite::Result<AuditRecord> {
+    let split = |s: String| -> Vec<String> { s.split_whitespace().map(str::to_owned).collect() };
+    Ok(AuditRecord {
+        event_id: r.get(0)?,
+        time: r.get(1)?,
+        kind: r.get(2)?,
+        outcome: r.get(3)?,
+        source: r.get(4)?,
+        run_id: r.get(5)?,
+        job_id: r.get(6)?,
+        client_id: r.get(7)?,
+        issuer: r.get(8)?,
+        token_endpoint: r.get(9)?,
+        endpoint_host: r.get(10)?,
+        grant_type: r.get(11)?,
+        requested_scopes: split(r.get(12)?),
+        granted_scopes: split(r.get(13)?),
+        missing_scopes: split(r.get(14)?),
+        patient: r.get(15)?,
+        encounter: r.get(16)?,
+        fhir_user: r.get(17)?,
+        expires_at: r.get(18)?,
+        error_class: r.get(19)?,
+        detail: r.get(20)?,
+    })
 }
 
 fn row_to_file(r: &rusqlite::Row<'_>) -> rusqlite::Result<FileRecord> {
@@ -383,6 +705,45 @@ mod tests {
         // Another lake is another task.
         assert!(s.file("other", "fp").unwrap().is_none());
         assert_eq!(s.files("lake").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn watermarks_move_forward_per_sink_and_vanish_when_done() {
+        let s = StateStore::in_memory().unwrap();
+        s.file_started("lake", "fp", "in.ndjson", "raw/k", "r1")
+            .unwrap();
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:a").unwrap(), 0);
+        s.set_file_watermark("lake", "fp", "kafka:a", 40, "r1")
+            .unwrap();
+        s.set_file_watermark("lake", "fp", "kafka:a", 30, "r1")
+            .unwrap();
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:a").unwrap(), 40);
+        // Another sink never sees it; a checkpoint for another sink replaces it.
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:b").unwrap(), 0);
+        s.set_file_watermark("lake", "fp", "kafka:b", 5, "r2")
+            .unwrap();
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:a").unwrap(), 0);
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:b").unwrap(), 5);
+        // A restart (file_started) keeps it; done drops it.
+        s.file_started("lake", "fp", "in.ndjson", "raw/k", "r3")
+            .unwrap();
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:b").unwrap(), 5);
+        s.file_done(&FileRecord {
+            lake: "lake".into(),
+            fingerprint: "fp".into(),
+            input: "in.ndjson".into(),
+            raw_key: "raw/k".into(),
+            status: FileStatus::Done,
+            sha256: None,
+            bytes: 0,
+            lines: 0,
+            resources: 0,
+            dead_letters: 0,
+            run_id: "r3".into(),
+            error: None,
+        })
+        .unwrap();
+        assert_eq!(s.file_watermark("lake", "fp", "kafka:b").unwrap(), 0);
     }
 
     #[test]

@@ -462,3 +462,23 @@ fn canonical_views_run_over_the_corpus() {
         "one row per Observation.component"
     );
 }
+
+/// A `collection: true` column is a list even when the path finds exactly one item (the
+/// single-reference fast path once returned a bare string, which the list column lost).
+#[test]
+fn collection_columns_keep_a_single_item_as_a_one_element_list() {
+    let out = rows(
+        "diagnostic_report",
+        &[
+            json!({"resourceType": "DiagnosticReport", "id": "one",
+                   "result": [{"reference": "Observation/o1"}]}),
+            json!({"resourceType": "DiagnosticReport", "id": "two",
+                   "result": [{"reference": "Observation/o1"}, {"reference": "Observation/o2"}]}),
+            json!({"resourceType": "DiagnosticReport", "id": "none"}),
+        ],
+    );
+    let ids: Vec<&Json> = out.iter().map(|r| &r["result_observation_ids"]).collect();
+    assert_eq!(ids[0], &json!(["o1"]));
+    assert_eq!(ids[1], &json!(["o1", "o2"]));
+    assert!(ids[2].is_null() || ids[2] == &json!([]), "{:?}", ids[2]);
+}

@@ -92,7 +92,13 @@ pub(crate) struct AuthState {
     refresh: HashMap<String, Context>,
     codes: HashMap<String, Code>,
     jtis: HashMap<(String, String), i64>,
+    /// Every credential issued or received (tokens, codes, verifiers, assertions,
+    /// secrets), for tests that search logs for leaks. Bounded.
+    pub(crate) seen: Vec<String>,
 }
+
+/// Most credentials remembered in [`AuthState::seen`].
+const SEEN_LIMIT: usize = 10_000;
 
 impl AuthState {
     pub(crate) fn register(&mut self, client_id: &str, kind: ClientKind, scopes: &str) {
@@ -103,6 +109,12 @@ impl AuthState {
                 scopes: scopes.to_owned(),
             },
         );
+    }
+
+    pub(crate) fn saw(&mut self, secret: &str) {
+        if !secret.is_empty() && self.seen.len() < SEEN_LIMIT {
+            self.seen.push(secret.to_owned());
+        }
     }
 
     pub(crate) fn revoke_all(&mut self) {
@@ -203,6 +215,8 @@ fn authenticate_client(
             .map(str::to_owned)
             .or_else(|| jwt::unverified_issuer(assertion))
             .ok_or_else(|| invalid_client("cannot tell which client this is (no iss)"))?;
+        // Read before taking the auth lock (never hold both).
+        let skew = lock(&sh.faults).spec.clock_skew_s;
         let mut auth = lock(&sh.auth);
         let jwks = match auth.clients.get(&client_id).map(|c| &c.kind) {
             Some(ClientKind::Jwks(jwks)) => jwks.clone(),
@@ -213,7 +227,7 @@ fn authenticate_client(
             }
         };
         let now = unix_now();
-        let v = jwt::verify(assertion, &client_id, &jwks, &sh.token_url, now)
+        let v = jwt::verify(assertion, &client_id, &jwks, &sh.token_url, now + skew)
             .map_err(|e| invalid_client(&e))?;
         auth.jtis.retain(|_, exp| *exp > now);
         if auth
@@ -272,6 +286,7 @@ fn issue(sh: &Shared, ctx: &Context, refresh: Option<String>, app_launch: bool) 
     let lifetime = token_lifetime(sh);
     let token = format!("sbx-at-{}", random_hex(24));
     let mut auth = lock(&sh.auth);
+    auth.saw(&token);
     auth.tokens.insert(
         token.clone(),
         TokenInfo {
@@ -325,6 +340,7 @@ fn issue(sh: &Shared, ctx: &Context, refresh: Option<String>, app_launch: bool) 
                 .then(|| format!("sbx-rt-{}", random_hex(24)))
         });
         if let Some(rt) = refresh {
+            auth.saw(&rt);
             auth.refresh.insert(rt.clone(), ctx.clone());
             body.insert("refresh_token".into(), rt.into());
         }
@@ -337,6 +353,20 @@ fn issue(sh: &Shared, ctx: &Context, refresh: Option<String>, app_launch: bool) 
 
 fn token(sh: &Shared, r: &Req) -> Response {
     let form = r.form();
+    {
+        let mut auth = lock(&sh.auth);
+        for (k, v) in &form {
+            if matches!(
+                k.as_str(),
+                "client_assertion" | "code" | "code_verifier" | "refresh_token" | "client_secret"
+            ) {
+                auth.saw(v);
+            }
+        }
+        if let Some(basic) = r.header("authorization") {
+            auth.saw(basic.trim_start_matches("Basic ").trim());
+        }
+    }
     let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     let grant_type = get("grant_type").unwrap_or_default();
     match grant_type {
@@ -578,6 +608,7 @@ fn authorize(sh: &Shared, params: &[(String, String)]) -> Response {
         .flatten();
     drop(store);
     let code = format!("sbx-code-{}", random_hex(16));
+    lock(&sh.auth).saw(&code);
     lock(&sh.auth).codes.insert(
         code.clone(),
         Code {

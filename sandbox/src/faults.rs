@@ -17,6 +17,8 @@
 //!                                     status polls answer 202 with this Retry-After (3600 =
 //!                                     the hour-long Retry-After some EHRs send)
 //!          | "token-lifetime" "=" DURATION    access tokens expire after this
+//!          | "clock-skew" "=" ["-"] SECS    the token endpoint's clock runs this far
+//!                                     ahead (or behind) when it checks client assertions
 //!          | "revoke-after" "=" N     revoke every token after N authenticated FHIR
 //!                                     requests (a revocation mid-job); fires once
 //!          | "invalid-grant-on-refresh"       refresh_token grants fail with invalid_grant
@@ -196,6 +198,9 @@ pub struct FaultSpec {
     pub max_concurrent_files: Option<usize>,
     /// A token-bucket rate limit answered with 429.
     pub rate_limit: Option<RateLimit>,
+    /// The token endpoint's clock is this many seconds ahead (negative: behind) when it
+    /// checks client assertions.
+    pub clock_skew_s: i64,
 }
 
 /// Default delay of `slow` when only a rate is given: long enough to be visible in a
@@ -229,6 +234,7 @@ impl Default for FaultSpec {
             single_job: false,
             max_concurrent_files: None,
             rate_limit: None,
+            clock_skew_s: 0,
         }
     }
 }
@@ -412,6 +418,11 @@ fn parse_spec<'a>(s: &'a str) -> Result<FaultSpec, FaultSpecError> {
                 }
                 "poll-retry-after" | "retry-after-cap" => spec.poll_retry_after = Some(int(value)?),
                 "token-lifetime" => spec.token_lifetime = Some(dur(value)?),
+                "clock-skew" => {
+                    spec.clock_skew_s = need(value)?
+                        .parse()
+                        .map_err(|_| err("clock-skew takes signed seconds".into()))?;
+                }
                 "revoke-after" => spec.revoke_after = Some(int(value)?),
                 "seed" => spec.seed = int(value)?,
                 "tiny-files" => {

@@ -381,6 +381,13 @@ impl RunningSandbox {
         *server::lock(&self.shared.faults) = faults::FaultEngine::new(f);
     }
 
+    /// Every credential the sandbox issued or received so far: access and refresh tokens,
+    /// authorization codes, PKCE verifiers, client assertions and secrets (at most
+    /// 10 000). For tests that search a client's logs for leaked credentials.
+    pub fn credentials_seen(&self) -> Vec<String> {
+        server::lock(&self.shared.auth).seen.clone()
+    }
+
     /// Revokes every access and refresh token issued so far.
     pub fn revoke_all_tokens(&self) {
         server::lock(&self.shared.auth).revoke_all();

@@ -263,19 +263,34 @@ pub struct TrackerContext;
 impl ClientContext for TrackerContext {}
 
 impl ProducerContext for TrackerContext {
-    type DeliveryOpaque = Arc<DeliveryTracker>;
+    type DeliveryOpaque = Box<Pending>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, tracker: Self::DeliveryOpaque) {
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Self::DeliveryOpaque) {
+        use fhirhose_metrics::catalogue::{KAFKA_DELIVERY_FAILURES, KAFKA_DELIVERY_SECONDS};
+        let Pending { tracker, sent } = *pending;
+        let source = fhirhose_metrics::default_source();
         match result {
-            Ok(_) => tracker.settle(None),
+            Ok(_) => {
+                KAFKA_DELIVERY_SECONDS.observe(&[&source], sent.elapsed().as_secs_f64());
+                tracker.settle(None);
+            }
             Err((e, _)) => {
                 let name = e
                     .rdkafka_error_code()
                     .map_or_else(|| "unknown".to_string(), |c| format!("{c:?}"));
+                KAFKA_DELIVERY_FAILURES.inc(&[&source, &name]);
                 tracker.settle(Some(name));
             }
         }
     }
+}
+
+/// A message in flight: its file task's tracker and when it was handed to librdkafka
+/// (for `fhirhose_kafka_delivery_seconds`, which so includes queueing and batching).
+#[derive(Debug)]
+pub struct Pending {
+    tracker: Arc<DeliveryTracker>,
+    sent: Instant,
 }
 
 /// The event header values (no PHI: ids, types, pointers and times only).
@@ -423,6 +438,12 @@ impl Publisher {
         }
     }
 
+    /// Identifies where this publisher's events go (brokers and topic prefix): an ack
+    /// watermark checkpointed for one sink is never applied to another.
+    pub fn sink_id(&self) -> String {
+        format!("kafka:{}|{}", self.cfg.brokers, self.cfg.topic_prefix)
+    }
+
     /// The topic for a resource type.
     pub fn topic_for(&self, resource_type: &str) -> String {
         format!("{}.{}", self.cfg.topic_prefix, resource_type)
@@ -493,7 +514,11 @@ impl Publisher {
         tracker: &Arc<DeliveryTracker>,
     ) -> Result<(), PublishError> {
         tracker.sent.fetch_add(1, Ordering::AcqRel);
-        let mut record = BaseRecord::with_opaque_to(topic, Arc::clone(tracker))
+        let pending = Box::new(Pending {
+            tracker: Arc::clone(tracker),
+            sent: Instant::now(),
+        });
+        let mut record = BaseRecord::with_opaque_to(topic, pending)
             .key(key)
             .headers(headers);
         if let Some(p) = payload {
@@ -510,11 +535,12 @@ impl Publisher {
                 }
                 Err((source, _)) => {
                     // Never reaches the delivery callback: settle it here.
-                    tracker.settle(Some(
-                        source
-                            .rdkafka_error_code()
-                            .map_or_else(|| "send".to_string(), |c| format!("{c:?}")),
-                    ));
+                    let code = source
+                        .rdkafka_error_code()
+                        .map_or_else(|| "send".to_string(), |c| format!("{c:?}"));
+                    fhirhose_metrics::catalogue::KAFKA_DELIVERY_FAILURES
+                        .inc(&[&fhirhose_metrics::default_source(), &code]);
+                    tracker.settle(Some(code));
                     return Err(PublishError::Send {
                         topic: topic.to_string(),
                         source,
@@ -576,6 +602,14 @@ mod tests {
             .unwrap();
         }
         assert_eq!(tracker.wait(Duration::from_secs(10)).await.unwrap(), 10);
+        // Every delivery's latency was measured, and is a latency (not a clock reading).
+        let snap = fhirhose_metrics::snapshot();
+        let lat = &snap["fhirhose_kafka_delivery_seconds"];
+        let count: u64 = lat.iter().filter_map(|s| s.count).sum();
+        let sum: f64 = lat.iter().filter_map(|s| s.sum).sum();
+        assert!(count >= 10, "{count}");
+        let mean = sum / count as f64;
+        assert!(mean < 10.0, "mean delivery {mean} s");
 
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)

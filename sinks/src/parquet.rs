@@ -1,20 +1,34 @@
 //! Parquet table parts.
 //!
-//! One [`TableWriter`] writes one Parquet object through `AsyncArrowWriter` over
-//! `object_store::buffered::BufWriter` (STYLE.md #7): small files go up in one PUT, large ones
-//! as a multipart upload, and the object becomes visible only when complete, so readers never
-//! see half a file. Row groups are cut by buffered bytes as well as rows, which bounds memory
-//! per open table whatever the width of the rows.
+//! One [`TableWriter`] writes one Parquet object. Encoding (Arrow → pages → zstd) is CPU work,
+//! so it never runs on the caller's task or on the async reactor: each writer owns a small
+//! task that receives batches over a bounded channel and encodes them with the synchronous
+//! `ArrowWriter` on the blocking pool, then streams the encoded bytes to the store through
+//! `object_store::buffered::BufWriter` (STYLE.md #7). Writers of different tables therefore
+//! encode in parallel, while the caller only queues batches.
+//!
+//! Invariants:
+//! - small files go up in one PUT, large ones as a multipart upload, and the object becomes
+//!   visible only when [`TableWriter::close`] succeeds, so readers never see half a file; a
+//!   writer dropped or failed before that aborts its upload;
+//! - row groups are cut by buffered bytes as well as rows, and at most
+//!   [`QUEUED_BATCHES`] batches wait per writer, which bounds memory per open table whatever
+//!   the width of the rows or the size of the input;
+//! - batches are encoded in the order they were written.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
 use object_store::buffered::BufWriter;
 use object_store::{path::Path, ObjectStore};
-use parquet::arrow::AsyncArrowWriter;
+use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 /// Rows per row group at most (parquet-rs' own default is 1 Mi rows; a smaller cap keeps the
 /// per-table buffer small when many tables are open at once).
@@ -35,6 +49,9 @@ pub(crate) const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// Parts of one object uploaded at once.
 pub(crate) const UPLOAD_CONCURRENCY: usize = 2;
+
+/// Batches queued per writer before [`TableWriter::write`] waits for the encoder.
+pub const QUEUED_BATCHES: usize = 2;
 
 /// zstd level 3: zstd's own default, a good ratio at several hundred MB/s per core.
 pub const fn default_zstd_level() -> i32 {
@@ -88,11 +105,17 @@ pub enum ParquetError {
     },
 }
 
-/// Writes one Parquet object.
+enum Cmd {
+    Write(RecordBatch),
+    Flush,
+}
+
+/// Writes one Parquet object; see the module docs.
 pub struct TableWriter {
     key: Path,
-    writer: AsyncArrowWriter<BufWriter>,
-    row_group_bytes: usize,
+    tx: Option<mpsc::Sender<Cmd>>,
+    task: Option<JoinHandle<Result<(), ParquetError>>>,
+    in_progress: Arc<AtomicUsize>,
     rows: u64,
 }
 
@@ -105,69 +128,167 @@ impl std::fmt::Debug for TableWriter {
     }
 }
 
+impl Drop for TableWriter {
+    fn drop(&mut self) {
+        // Not closed: stop the encoder, which aborts the upload (nothing becomes visible).
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+fn write_err(key: &Path, source: parquet::errors::ParquetError) -> ParquetError {
+    ParquetError::Write {
+        key: key.to_string(),
+        source,
+    }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::External(Box::new(e))
+}
+
+/// The encoder task: batches in, encoded bytes out to the upload.
+async fn encode(
+    key: Path,
+    mut upload: BufWriter,
+    mut writer: ArrowWriter<Vec<u8>>,
+    mut rx: mpsc::Receiver<Cmd>,
+    row_group_bytes: usize,
+    in_progress: Arc<AtomicUsize>,
+) -> Result<(), ParquetError> {
+    // `BufWriter::abort` panics once `shutdown` has begun: a failed completion is left to
+    // the store (an incomplete multipart upload is never visible).
+    let mut shutting_down = false;
+    let result = async {
+        while let Some(cmd) = rx.recv().await {
+            let (w, res) = tokio::task::spawn_blocking(move || {
+                let res = (|| {
+                    match cmd {
+                        Cmd::Write(batch) => {
+                            writer.write(&batch)?;
+                            if writer.in_progress_size() >= row_group_bytes {
+                                writer.flush()?;
+                            }
+                        }
+                        Cmd::Flush => writer.flush()?,
+                    }
+                    Ok::<_, parquet::errors::ParquetError>(std::mem::take(writer.inner_mut()))
+                })();
+                (writer, res)
+            })
+            .await
+            .map_err(external)?;
+            writer = w;
+            in_progress.store(writer.in_progress_size(), Ordering::Relaxed);
+            let bytes = res?;
+            if !bytes.is_empty() {
+                upload.write_all(&bytes).await.map_err(external)?;
+            }
+        }
+        // The sender is gone: close the file (footer) and complete the upload.
+        let tail = tokio::task::spawn_blocking(move || writer.into_inner())
+            .await
+            .map_err(external)??;
+        in_progress.store(0, Ordering::Relaxed);
+        upload.write_all(&tail).await.map_err(external)?;
+        shutting_down = true;
+        upload.shutdown().await.map_err(external)?;
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            if !shutting_down {
+                let _ = upload.abort().await;
+            }
+            Err(write_err(&key, e))
+        }
+    }
+}
+
 impl TableWriter {
-    /// Opens a writer for `key` with `schema`.
+    /// Opens a writer for `key` with `schema`. Must be called within a Tokio runtime.
     pub fn create(
         store: Arc<dyn ObjectStore>,
         key: Path,
         schema: SchemaRef,
         cfg: &ParquetConfig,
     ) -> Result<Self, ParquetError> {
-        let sink = BufWriter::with_capacity(store, key.clone(), UPLOAD_PART_BYTES)
+        let upload = BufWriter::with_capacity(store, key.clone(), UPLOAD_PART_BYTES)
             .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let writer =
-            AsyncArrowWriter::try_new(sink, schema, Some(cfg.properties())).map_err(|source| {
-                ParquetError::Write {
-                    key: key.to_string(),
-                    source,
-                }
-            })?;
+        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(cfg.properties()))
+            .map_err(|source| write_err(&key, source))?;
+        let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
+        let in_progress = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(encode(
+            key.clone(),
+            upload,
+            writer,
+            rx,
+            cfg.row_group_bytes,
+            Arc::clone(&in_progress),
+        ));
         Ok(Self {
             key,
-            writer,
-            row_group_bytes: cfg.row_group_bytes,
+            tx: Some(tx),
+            task: Some(task),
+            in_progress,
             rows: 0,
         })
     }
 
-    fn err(&self, source: parquet::errors::ParquetError) -> ParquetError {
-        ParquetError::Write {
-            key: self.key.to_string(),
-            source,
+    /// The encoder's error, once its task has ended.
+    async fn failure(&mut self) -> ParquetError {
+        self.tx = None;
+        match self.task.take() {
+            Some(task) => match task.await {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => {
+                    write_err(&self.key, external(std::io::Error::other("writer closed")))
+                }
+                Err(join) => write_err(&self.key, external(join)),
+            },
+            None => write_err(
+                &self.key,
+                external(std::io::Error::other("writer failed earlier")),
+            ),
         }
     }
 
-    /// Appends a batch; cuts a row group when the buffer passes the byte limit.
+    async fn send(&mut self, cmd: Cmd) -> Result<(), ParquetError> {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(cmd).await.is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.failure().await)
+        }
+    }
+
+    /// Queues a batch for encoding; waits only while [`QUEUED_BATCHES`] are already queued.
+    /// Row groups are cut when the buffer passes the byte limit.
     pub async fn write(&mut self, batch: &RecordBatch) -> Result<(), ParquetError> {
         if batch.num_rows() == 0 {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        if let Err(e) = self.writer.write(batch).await {
-            return Err(self.err(e));
-        }
-        if self.writer.in_progress_size() >= self.row_group_bytes {
-            if let Err(e) = self.writer.flush().await {
-                return Err(self.err(e));
-            }
-        }
-        Ok(())
+        self.send(Cmd::Write(batch.clone())).await
     }
 
-    /// Bytes buffered for the row group in progress.
+    /// Bytes buffered for the row group in progress, as of the last encoded batch.
     pub fn in_progress_size(&self) -> usize {
-        self.writer.in_progress_size()
+        self.in_progress.load(Ordering::Relaxed)
     }
 
     /// Cuts the row group in progress (no-op when empty), releasing its buffers.
     pub async fn flush(&mut self) -> Result<(), ParquetError> {
-        if self.writer.in_progress_rows() == 0 {
-            return Ok(());
-        }
-        if let Err(e) = self.writer.flush().await {
-            return Err(self.err(e));
-        }
-        Ok(())
+        // Reset now so a caller enforcing a budget does not ask twice for the same bytes.
+        self.in_progress.store(0, Ordering::Relaxed);
+        self.send(Cmd::Flush).await
     }
 
     /// Rows written so far.
@@ -180,15 +301,22 @@ impl TableWriter {
         &self.key
     }
 
-    /// Completes the object; returns its row count.
-    pub async fn close(self) -> Result<u64, ParquetError> {
-        let key = self.key.to_string();
-        let rows = self.rows;
-        self.writer
-            .close()
-            .await
-            .map_err(|source| ParquetError::Write { key, source })?;
-        Ok(rows)
+    /// Encodes what is queued, writes the footer and completes the object; returns its row
+    /// count. The object is visible only once this returns `Ok`.
+    pub async fn close(mut self) -> Result<u64, ParquetError> {
+        self.tx = None;
+        let task = self.task.take();
+        match task {
+            Some(task) => match task.await {
+                Ok(Ok(())) => Ok(self.rows),
+                Ok(Err(e)) => Err(e),
+                Err(join) => Err(write_err(&self.key, external(join))),
+            },
+            None => Err(write_err(
+                &self.key,
+                external(std::io::Error::other("writer failed earlier")),
+            )),
+        }
     }
 }
 
@@ -244,5 +372,28 @@ mod tests {
         assert!(matches!(col.compression(), Compression::ZSTD(_)));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 6);
+    }
+
+    #[tokio::test]
+    async fn a_writer_dropped_before_close_leaves_no_object() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Utf8, false)]));
+        let mut w = TableWriter::create(
+            Arc::clone(&store),
+            Path::from("t/dropped.parquet"),
+            Arc::clone(&schema),
+            &ParquetConfig::default(),
+        )
+        .unwrap();
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![Arc::new(StringArray::from(vec!["a", "b"]))],
+        )
+        .unwrap();
+        w.write(&b).await.unwrap();
+        w.flush().await.unwrap();
+        drop(w);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(store.head(&Path::from("t/dropped.parquet")).await.is_err());
     }
 }

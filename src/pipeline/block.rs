@@ -22,6 +22,8 @@ use fhirhose_sinks::deadletter::{DeadLetter, Reason};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
+use super::resource_types::is_resource_type;
+
 use super::views::{ViewOutputs, ViewSet};
 
 /// Deepest JSON nesting accepted. FHIR resources nest a handful of levels (contained
@@ -87,7 +89,7 @@ pub(crate) struct BlockOut {
 }
 
 /// Schema of the `resources` table.
-pub(crate) fn resources_schema() -> SchemaRef {
+pub fn resources_schema() -> SchemaRef {
     let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
     Arc::new(Schema::new(vec![
         Field::new("resource_type", DataType::Utf8, false),
@@ -170,7 +172,7 @@ thread_local! {
 }
 
 /// Parses an instant (`meta.lastUpdated`) to microseconds since the epoch.
-pub(crate) fn parse_instant_us(s: &str) -> Option<i64> {
+pub fn parse_instant_us(s: &str) -> Option<i64> {
     let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
     i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
 }
@@ -480,13 +482,6 @@ fn deleted_entries<'v>(value: &'v BorrowedValue<'_>) -> Option<Vec<(&'v str, &'v
 }
 
 /// `resourceType`: an uppercase letter then letters and digits.
-fn is_resource_type(s: &str) -> bool {
-    let mut c = s.chars();
-    c.next().is_some_and(|f| f.is_ascii_uppercase())
-        && c.all(|ch| ch.is_ascii_alphanumeric())
-        && s.len() <= 64
-}
-
 /// FHIR id: `[A-Za-z0-9\-\.]{1,64}`.
 fn is_fhir_id(s: &str) -> bool {
     !s.is_empty()

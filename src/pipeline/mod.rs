@@ -14,14 +14,18 @@
 //! every Kafka delivery came back Ok; only then is it recorded `done` in the state store. A
 //! task that fails leaves no `done` record, and its outputs are all at deterministic keys, so a
 //! later run redoes it without duplicating rows (Parquet parts are replaced, raw objects are
-//! verified by sha256) — events are re-published with the same `ce_id`.
+//! verified by sha256) — events are re-published with the same `ce_id`, except those of lines
+//! at or below the file's checkpointed ack watermark ([`watermark`]), which a resumed attempt
+//! skips.
 //!
 //! Memory is bounded per file by `workers × 2` blocks in flight, the framer's buffer, the
 //! Parquet row-group limit per open table and librdkafka's queue limit; none grows with the
 //! size of a file or of the run.
 
 pub(crate) mod block;
+mod resource_types;
 pub mod views;
+pub mod watermark;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -32,7 +36,7 @@ use fhirhose_ingest::source::InputFile;
 use fhirhose_ingest::state::{FileRecord, FileStatus, StateStore};
 use fhirhose_sinks::deadletter::DeadLetterWriter;
 use fhirhose_sinks::kafka::{
-    DeliveryTracker, EventMeta, Publisher, CE_TYPE_DEADLETTER, CE_TYPE_DELETE, CE_TYPE_UPSERT,
+    EventMeta, Publisher, CE_TYPE_DEADLETTER, CE_TYPE_DELETE, CE_TYPE_UPSERT,
 };
 use fhirhose_sinks::parquet::{ParquetConfig, TableWriter};
 use fhirhose_sinks::raw::RawWriter;
@@ -45,9 +49,9 @@ use tracing::{info, warn};
 
 use crate::lake::Lake;
 use block::{
-    deletions_schema, process_block, process_oversize, resources_schema, BlockOut, FileCtx,
-    RESOURCES_VERSION,
+    deletions_schema, process_block, process_oversize, BlockOut, FileCtx, RESOURCES_VERSION,
 };
+pub use block::{parse_instant_us, resources_schema};
 pub use views::ViewSet;
 
 /// Read size from the (decompressed) input stream.
@@ -95,6 +99,24 @@ pub struct IngestConfig {
     pub force: bool,
     /// See [`fhirhose_sinks::raw::default_inline_limit`].
     pub raw_inline_bytes: usize,
+    /// Authorization lineage written into the run manifest.
+    pub lineage: RunLineage,
+}
+
+/// Which authorization a run's files were fetched under, written into
+/// `manifests/<run_id>.json` so that Parquet rows (`_run_id`) join to the run and on to
+/// the audit event (`fhirhose audit --run`). Empty for runs that fetched nothing.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunLineage {
+    /// The audit event of the token grant in force when the run started fetching.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub auth_event_id: Option<String>,
+    /// The export job whose files the run landed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export_job_id: Option<String>,
+    /// The lake key of the run's authorization audit log.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audit_log: Option<String>,
 }
 
 /// Outcome of one file task.
@@ -122,6 +144,8 @@ pub struct FileReport {
     pub dead_letter_key: Option<String>,
     /// Events acknowledged per topic.
     pub events_by_topic: BTreeMap<String, u64>,
+    /// Events not published again because an earlier attempt's ack watermark covers them.
+    pub events_skipped: u64,
     /// Parquet rows per table.
     pub parquet_rows_by_table: BTreeMap<String, u64>,
     /// Parquet objects written.
@@ -171,6 +195,8 @@ pub struct RunSummary {
     pub events_published: bool,
     /// Events acknowledged per topic.
     pub events_by_topic: BTreeMap<String, u64>,
+    /// Events not published again because an earlier attempt's ack watermark covers them.
+    pub events_skipped: u64,
     /// Parquet rows per table.
     pub parquet_rows_by_table: BTreeMap<String, u64>,
     /// Deletions per resource type.
@@ -206,6 +232,7 @@ impl RunSummary {
         merge(&mut self.dead_letters_by_reason, &f.dead_letters_by_reason);
         self.dead_letters += f.dead_letters_by_reason.values().sum::<u64>();
         merge(&mut self.events_by_topic, &f.events_by_topic);
+        self.events_skipped += f.events_skipped;
         merge(&mut self.parquet_rows_by_table, &f.parquet_rows_by_table);
         merge(&mut self.deleted_by_type, &f.deleted_by_type);
         merge(&mut self.outcomes_by_severity, &f.outcomes_by_severity);
@@ -312,7 +339,7 @@ pub async fn run_ingest(cfg: Arc<IngestConfig>, inputs: Vec<InputFile>) -> RunSu
     let reports: Vec<FileReport> = futures::stream::iter(inputs)
         .map(|input| {
             let cfg = Arc::clone(&cfg);
-            async move { ingest_file(&cfg, input).await }
+            async move { crate::observe::file_finished(&cfg.source, ingest_file(&cfg, input).await) }
         })
         .buffered(cfg.file_concurrency.max(1))
         .collect()
@@ -362,12 +389,15 @@ async fn write_manifest(cfg: &IngestConfig, s: &RunSummary) -> Result<(), object
         run_id: &'a str,
         source: &'a str,
         status: &'a str,
+        #[serde(flatten)]
+        lineage: &'a RunLineage,
         files: Vec<ManifestFile<'a>>,
     }
     let m = Manifest {
         run_id: &s.run_id,
         source: &s.source,
         status: &s.status,
+        lineage: &cfg.lineage,
         files: s
             .file_reports
             .iter()
@@ -461,12 +491,30 @@ struct FileSinks<'a> {
     deletions: Option<TableWriter>,
     views: HashMap<usize, TableWriter>,
     dead: DeadLetterWriter,
-    tracker: Arc<DeliveryTracker>,
+    wm: watermark::AckWatermark,
+    /// The file's fingerprint and the publisher's sink id, for watermark checkpoints.
+    checkpoint: Option<(&'a str, String)>,
     topics: HashMap<String, String>,
     report: FileReport,
 }
 
 impl FileSinks<'_> {
+    /// Writes the ack watermark when it moved (and the interval passed, unless `force`).
+    fn checkpoint(&mut self, force: bool) -> Result<(), FileError> {
+        if let Some((fp, sink)) = &self.checkpoint {
+            if let Some(line) = self.wm.due(force) {
+                self.cfg.state.set_file_watermark(
+                    &self.cfg.lake.url,
+                    fp,
+                    sink,
+                    line,
+                    &self.cfg.run_id,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     async fn topic(
         &mut self,
         publisher: &Publisher,
@@ -482,6 +530,7 @@ impl FileSinks<'_> {
     }
 
     async fn consume(&mut self, out: BlockOut) -> Result<(), FileError> {
+        crate::observe::progress::add_resources(out.events.len() as u64);
         let store: &Arc<dyn ObjectStore> = &self.cfg.lake.store;
         self.report.lines += out.lines;
         if let Some(batch) = &out.resources {
@@ -540,6 +589,10 @@ impl FileSinks<'_> {
         }
         if let Some(publisher) = self.cfg.kafka.clone() {
             for d in &out.deletes {
+                if self.wm.skips(d.line) {
+                    self.report.events_skipped += 1;
+                    continue;
+                }
                 let topic = self.topic(&publisher, &d.resource_type).await?;
                 let subject = format!("{}/{}", d.resource_type, d.id);
                 let id = format!("del-{}-{}", block::ce_id(&self.keys.raw, d.line), d.entry);
@@ -559,7 +612,7 @@ impl FileSinks<'_> {
                         subject.as_bytes(),
                         None,
                         meta.headers(&[]),
-                        &self.tracker,
+                        self.wm.tracker(),
                     )
                     .await?;
                 *self.report.events_by_topic.entry(topic).or_default() += 1;
@@ -596,6 +649,10 @@ impl FileSinks<'_> {
         let run_id = self.cfg.run_id.clone();
         if let Some(publisher) = self.cfg.kafka.clone() {
             for ev in &out.events {
+                if self.wm.skips(ev.line) {
+                    self.report.events_skipped += 1;
+                    continue;
+                }
                 let topic = self.topic(&publisher, &ev.resource_type).await?;
                 let subject = format!("{}/{}", ev.resource_type, ev.id);
                 let meta = EventMeta {
@@ -614,7 +671,7 @@ impl FileSinks<'_> {
                         subject.as_bytes(),
                         Some(&out.data[ev.start..ev.start + ev.len]),
                         meta.headers(&[]),
-                        &self.tracker,
+                        self.wm.tracker(),
                     )
                     .await?;
                 *self.report.events_by_topic.entry(topic).or_default() += 1;
@@ -627,6 +684,12 @@ impl FileSinks<'_> {
                 .dead_letters_by_reason
                 .entry(d.letter.reason.as_str().to_string())
                 .or_default() += 1;
+            if self.wm.skips(d.letter.line) {
+                if self.cfg.kafka.is_some() {
+                    self.report.events_skipped += 1;
+                }
+                continue;
+            }
             if let Some(publisher) = self.cfg.kafka.clone() {
                 let topic = publisher.deadletter_topic();
                 if !self.topics.contains_key("\0deadletter") {
@@ -660,12 +723,15 @@ impl FileSinks<'_> {
                             ("fhirhose_offset", &offset),
                             ("fhirhose_length", &length),
                         ]),
-                        &self.tracker,
+                        self.wm.tracker(),
                     )
                     .await?;
                 *self.report.events_by_topic.entry(topic).or_default() += 1;
             }
         }
+        // Every event of this block's lines is with the producer now.
+        self.wm.block_sent(self.report.lines);
+        self.checkpoint(false)?;
         Ok(())
     }
 
@@ -727,7 +793,7 @@ impl FileSinks<'_> {
                 .or_default() += rows;
         }
         if self.cfg.kafka.is_some() {
-            self.tracker.wait(self.cfg.delivery_timeout).await?;
+            self.wm.wait_all(self.cfg.delivery_timeout).await?;
         }
         let dl_key = self.dead.key().to_string();
         if self.dead.finish().await? > 0 {
@@ -750,6 +816,22 @@ async fn ingest_file_inner(
         &keys.raw,
         &cfg.run_id,
     )?;
+    // The ack watermark of earlier attempts at this file for this sink (module `watermark`).
+    let checkpoint = cfg
+        .kafka
+        .as_ref()
+        .map(|p| (input.fingerprint.as_str(), p.sink_id()));
+    let resume_through = match &checkpoint {
+        Some((fp, sink)) => cfg.state.file_watermark(&cfg.lake.url, fp, sink)?,
+        None => 0,
+    };
+    if resume_through > 0 {
+        info!(
+            file = %input.name,
+            acked_through = resume_through,
+            "resuming: events of lines up to the ack watermark are not published again"
+        );
+    }
     let store = Arc::clone(&cfg.lake.store);
     let (mut tx, rx) = futures::channel::mpsc::channel::<Frame>(cfg.workers.max(1) * 2);
     let display = input.display();
@@ -779,6 +861,7 @@ async fn ingest_file_inner(
                 break;
             }
             raw.write(&buf[..n]).await?;
+            crate::observe::progress::add_bytes(n as u64);
             framer.push(&buf[..n], &mut frames);
             for f in frames.drain(..) {
                 if tx.send(f).await.is_err() {
@@ -819,7 +902,8 @@ async fn ingest_file_inner(
                 Arc::clone(&store),
                 ObjectPath::from(keys.dead_letters.clone()),
             ),
-            tracker: DeliveryTracker::new(),
+            wm: watermark::AckWatermark::new(resume_through, watermark::CHECKPOINT_INTERVAL),
+            checkpoint: checkpoint.clone(),
             topics: HashMap::new(),
             report: FileReport::default(),
         };
@@ -832,9 +916,20 @@ async fn ingest_file_inner(
                 })
             })
             .buffered(cfg.workers.max(1));
+        let mut consumed = Ok(());
         while let Some(out) = outputs.next().await {
-            let out = out.map_err(|e| FileError::Worker(e.to_string()))?;
-            sinks.consume(out).await?;
+            consumed = match out {
+                Ok(out) => sinks.consume(out).await,
+                Err(e) => Err(FileError::Worker(e.to_string())),
+            };
+            if consumed.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = consumed {
+            // Keep what was acknowledged so far for the next attempt (best effort).
+            let _ = sinks.checkpoint(true);
+            return Err(e);
         }
         sinks.finish().await
     };

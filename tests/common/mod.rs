@@ -223,3 +223,25 @@ pub fn consume(topics: &[String], expected: usize, deadline: Duration) -> Vec<Ev
 pub fn summary(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
+
+/// A running sandbox EHR with one SMART backend-services client (an ES384 key in `dir`),
+/// registered for `system/*.read`.
+pub struct Setup {
+    pub sb: fhirhose_sandbox::RunningSandbox,
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+}
+
+/// Starts a sandbox with `cfg` and registers `client_id` with a fresh ES384 key.
+pub async fn sandbox_with_client(cfg: fhirhose_sandbox::SandboxConfig, client_id: &str) -> Setup {
+    use fhirhose_ingest::auth::{generate_keys, Alg};
+    let sb = fhirhose_sandbox::Sandbox::start(cfg).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let keys = generate_keys(Alg::ES384, &dir.path().join("keys")).unwrap();
+    sb.register_jwks_client(client_id, keys.jwks.clone(), "system/*.read");
+    Setup {
+        sb,
+        dir,
+        key: keys.private_key_path,
+    }
+}

@@ -71,6 +71,10 @@ pub struct AuthEvent {
     pub granted_scopes: Vec<String>,
     /// Requested but not granted.
     pub missing_scopes: Vec<String>,
+    /// The OAuth grant type of the token request (`client_credentials`,
+    /// `authorization_code`, `refresh_token`); `None` for events without one.
+    #[serde(default)]
+    pub grant_type: Option<String>,
     /// Launch context: patient id.
     pub patient: Option<String>,
     /// Launch context: encounter id.
@@ -106,6 +110,7 @@ impl AuthEvent {
             requested_scopes: Vec::new(),
             granted_scopes: Vec::new(),
             missing_scopes: Vec::new(),
+            grant_type: None,
             patient: None,
             encounter: None,
             fhir_user: None,

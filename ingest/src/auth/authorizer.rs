@@ -515,6 +515,7 @@ impl Authorizer {
                 AuthOutcome::Partial
             },
         );
+        ev.grant_type = self.grant_type(kind);
         ev.granted_scopes = granted.scopes().map(str::to_owned).collect();
         ev.missing_scopes = missing.clone();
         ev.patient = resp.context.patient.clone();
@@ -522,11 +523,19 @@ impl Authorizer {
         ev.fhir_user = resp.context.fhir_user.clone();
         ev.expires_at = expires_at;
         self.inner.audit.record(&ev)?;
+        fhirhose_metrics::catalogue::TOKEN_REQUESTS.inc(&[
+            &fhirhose_metrics::default_source(),
+            if missing.is_empty() {
+                "success"
+            } else {
+                "partial"
+            },
+        ]);
         if !missing.is_empty() {
-            warn!(client_id = %self.inner.cfg.client_id, missing = %missing.join(" "), "server granted fewer scopes than requested");
+            warn!(client_id = %loggable_client_id(&self.inner.cfg.client_id), missing = %missing.join(" "), "server granted fewer scopes than requested");
         }
         info!(
-            client_id = %self.inner.cfg.client_id,
+            client_id = %loggable_client_id(&self.inner.cfg.client_id),
             kind = ?kind,
             expires_in_s = resp.expires_in.map(|d| d.as_secs()),
             event_id = %ev.id,
@@ -583,16 +592,35 @@ impl Authorizer {
         ev
     }
 
+    /// The OAuth grant type a token request of `kind` uses (for audit events).
+    fn grant_type(&self, kind: AuthEventKind) -> Option<String> {
+        let g = match (self.inner.mode, kind) {
+            (Mode::ClientCredentials, AuthEventKind::Grant | AuthEventKind::Refresh) => {
+                "client_credentials"
+            }
+            (Mode::RefreshToken, AuthEventKind::Grant) => "authorization_code",
+            (Mode::RefreshToken, AuthEventKind::Refresh) => "refresh_token",
+            _ => return None,
+        };
+        Some(g.to_owned())
+    }
+
     /// Audits a failure and returns the error (the audit error wins if recording fails).
     pub(crate) fn fail(&self, kind: AuthEventKind, err: AuthError) -> AuthError {
+        let grant_type = self.grant_type(kind);
         let kind = if kind == AuthEventKind::Revocation {
             kind
         } else {
             AuthEventKind::Failure
         };
         let mut ev = self.event(kind, AuthOutcome::Failure);
+        ev.grant_type = grant_type;
         ev.error_class = Some(err.class());
-        warn!(client_id = %self.inner.cfg.client_id, error_class = %err.class(), error = %err, "authorization failed");
+        if kind != AuthEventKind::Revocation {
+            fhirhose_metrics::catalogue::TOKEN_REQUESTS
+                .inc(&[&fhirhose_metrics::default_source(), "failure"]);
+        }
+        warn!(client_id = %loggable_client_id(&self.inner.cfg.client_id), error_class = %err.class(), error = %err, "authorization failed");
         match self.inner.audit.record(&ev) {
             Ok(()) => err,
             Err(a) => AuthError::Audit(a),
@@ -759,7 +787,7 @@ impl Authorizer {
         });
         ev.error_class = first_err.as_ref().map(AuthError::class);
         self.inner.audit.record(&ev)?;
-        info!(client_id = %self.inner.cfg.client_id, revoked_remotely, "tokens revoked");
+        info!(client_id = %loggable_client_id(&self.inner.cfg.client_id), revoked_remotely, "tokens revoked");
         match first_err {
             Some(e) => Err(e),
             None => Ok(()),
@@ -824,6 +852,28 @@ impl Authorizer {
     }
 }
 
+/// Longest client id logged verbatim.
+const CLIENT_ID_LOG_MAX: usize = 64;
+
+/// The client id as it appears in logs. Ordinary ids are short and logged as they are; some
+/// servers issue the client id as a signed token (the SMART reference bulk-data-server's
+/// `/auth/register` returns a JWT carrying the client's JWKS and settings), which would
+/// flood every auth log line, so a long id is logged as its first characters, its length
+/// and a SHA-256 prefix (enough to tell two registrations apart).
+pub(crate) fn loggable_client_id(id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    if id.chars().count() <= CLIENT_ID_LOG_MAX {
+        return id.to_owned();
+    }
+    let head: String = id.chars().take(12).collect();
+    let digest = Sha256::digest(id.as_bytes());
+    format!(
+        "{head}…({} chars, sha256:{})",
+        id.chars().count(),
+        hex::encode(&digest[..6])
+    )
+}
+
 fn read_stored(p: &PathBuf) -> Result<StoredGrant, AuthError> {
     let bytes = std::fs::read(p).map_err(|source| AuthError::Io {
         path: p.clone(),
@@ -884,6 +934,8 @@ impl RequestGuard for Authorizer {
     fn check(&self, req: &RequestDescr<'_>) -> Result<(), ScopeDenied> {
         let scopes = self.granted_scopes();
         scopes.check(req).inspect_err(|denied| {
+            fhirhose_metrics::catalogue::SCOPE_DENIALS
+                .inc(&[&fhirhose_metrics::default_source(), &denied.missing]);
             let mut ev = self.event(AuthEventKind::ScopeDenied, AuthOutcome::Denied);
             ev.granted_scopes = scopes.scopes().map(str::to_owned).collect();
             ev.error_class = Some(denied.missing.clone());
@@ -901,4 +953,29 @@ pub fn remaining(token: &Token, now: time::OffsetDateTime) -> Option<Duration> {
     token
         .expires_at
         .map(|e| Duration::try_from(e - now).unwrap_or(Duration::ZERO))
+}
+
+#[cfg(test)]
+mod log_tests {
+    use super::loggable_client_id;
+
+    #[test]
+    fn short_client_ids_are_logged_verbatim() {
+        assert_eq!(loggable_client_id("my-app"), "my-app");
+        let id64 = "a".repeat(64);
+        assert_eq!(loggable_client_id(&id64), id64);
+    }
+
+    #[test]
+    fn jwt_client_ids_are_shortened_and_distinguishable() {
+        // Shaped like the registration token of the SMART reference bulk-data-server.
+        let a = format!("eyJhbGciOiJIUzI1NiJ9.{}.sig-a", "e".repeat(500));
+        let b = format!("eyJhbGciOiJIUzI1NiJ9.{}.sig-b", "e".repeat(500));
+        let la = loggable_client_id(&a);
+        assert!(la.starts_with("eyJhbGciOiJI…("), "{la}");
+        assert!(la.contains(&format!("{} chars", a.len())), "{la}");
+        assert!(la.len() < 80, "{la}");
+        assert!(!la.contains("eeeeeeee"), "{la}");
+        assert_ne!(la, loggable_client_id(&b));
+    }
 }

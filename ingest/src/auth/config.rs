@@ -77,7 +77,9 @@ pub struct AuthConfig {
     /// token endpoint without refreshing needlessly often.
     #[serde(default = "default_refresh_margin", with = "secs")]
     pub refresh_margin: Duration,
-    /// Lifetime of `private_key_jwt` assertions, at most 5 min (SMART). Default 5 min.
+    /// Lifetime of `private_key_jwt` assertions, at most 5 min (SMART). Default 4 min: a
+    /// server checks `exp <= its now + 5 min`, so a full 5 min would be refused by any
+    /// server whose clock is even a second behind ours; 4 min tolerates 60 s of skew.
     #[serde(default = "default_assertion_lifetime", with = "secs")]
     pub assertion_lifetime: Duration,
     /// Persist the refresh token here (mode 0600). Unset: never written to disk.
@@ -99,7 +101,7 @@ const fn default_refresh_margin() -> Duration {
     Duration::from_secs(60)
 }
 const fn default_assertion_lifetime() -> Duration {
-    Duration::from_secs(300)
+    Duration::from_secs(240)
 }
 const fn default_login_timeout() -> Duration {
     Duration::from_secs(300)

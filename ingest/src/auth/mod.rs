@@ -53,6 +53,7 @@ mod launch;
 mod pkce;
 mod scopes;
 mod serde_util;
+mod sqlite_audit;
 mod token;
 
 pub use audit::{
@@ -68,4 +69,5 @@ pub use keys::{generate_keys, verify_with_jwk, Alg, GeneratedKeys, SigningKey};
 pub use launch::{begin_login, login, oauth_error, Grant, PendingLogin};
 pub use pkce::{challenge_s256, random_state, Pkce};
 pub use scopes::{ExportTypes, Interactions, ResourceScope, ScopeContext, ScopeSet};
+pub use sqlite_audit::{audit_record, audit_time, AuditScope, SqliteAuditSink};
 pub use token::{CacheKey, LaunchContext, Token};

@@ -98,6 +98,44 @@ struct Inner {
     backoff_floor: Duration,
     backoff_ceiling: Duration,
     stats: Arc<DownloadStats>,
+    observe: Observe,
+}
+
+/// Metrics labels and the job timeline of one file (see [`HttpFileOpener::observed`]).
+#[derive(Clone, Default)]
+struct Observe {
+    source: Option<String>,
+    file: Option<String>,
+    events: Option<super::store::JobEvents>,
+}
+
+impl Observe {
+    fn source(&self) -> String {
+        self.source
+            .clone()
+            .unwrap_or_else(fhirhose_metrics::default_source)
+    }
+
+    fn emit(&self, kind: &str, f: impl FnOnce(&mut super::store::JobEvent)) {
+        if let Some(ev) = &self.events {
+            let file = self.file.clone();
+            ev.emit(kind, |e| {
+                e.file = file;
+                f(e);
+            });
+        }
+    }
+}
+
+/// The reason class (`fhirhose_retries_total{reason}`) of a download retry reason.
+fn retry_class(reason: &str) -> &'static str {
+    match reason {
+        "http-429" => "throttled",
+        "http-408" => "timeout",
+        "http-401" | "http-403" => "auth",
+        r if r.starts_with("http-") => "server",
+        _ => "transport",
+    }
 }
 
 impl std::fmt::Debug for HttpFileOpener {
@@ -129,8 +167,27 @@ impl HttpFileOpener {
                 backoff_floor: Duration::from_millis(500),
                 backoff_ceiling: Duration::from_secs(60),
                 stats,
+                observe: Observe::default(),
             }),
         }
+    }
+
+    /// Labels this file's metrics with `source` and records its download start, end and
+    /// retries in the job timeline under `file` (the lake name, never the URL).
+    pub fn observed(
+        mut self,
+        source: &str,
+        file: &str,
+        events: Option<super::store::JobEvents>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.observe = Observe {
+                source: Some(source.to_owned()),
+                file: Some(file.to_owned()),
+                events,
+            };
+        }
+        self
     }
 
     /// The byte stream (used by [`StreamOpener::open`]).
@@ -147,11 +204,18 @@ impl HttpFileOpener {
             done: false,
         };
         futures::stream::unfold(st, |mut st| async move {
+            if st.done {
+                return None;
+            }
             match st.next_chunk().await {
                 Ok(Some(b)) => Some((Ok(b), st)),
-                Ok(None) => None,
+                Ok(None) => {
+                    st.finished(None);
+                    None
+                }
                 Err(e) => {
                     st.done = true;
+                    st.finished(Some(&e));
                     Some((Err(e), st))
                 }
             }
@@ -191,11 +255,43 @@ struct Resume {
     done: bool,
 }
 
+/// The retry reason class of a download retry detail (`http-429`, `transport`, `reset`,
+/// `truncated`): `throttled`, `timeout`, `auth`, `server` or `transport`, as the transport
+/// logs its own retries.
+fn reason_class(detail: &str) -> &'static str {
+    match detail
+        .strip_prefix("http-")
+        .and_then(|s| s.parse::<u16>().ok())
+    {
+        Some(429) => "throttled",
+        Some(408) => "timeout",
+        Some(401 | 403) => "auth",
+        Some(_) => "server",
+        None => "transport",
+    }
+}
+
 fn io_err(msg: String) -> std::io::Error {
     std::io::Error::other(msg)
 }
 
 impl Resume {
+    /// Counts the download's outcome and records its end in the timeline.
+    fn finished(&self, err: Option<&std::io::Error>) {
+        use fhirhose_metrics::catalogue::FILE_DOWNLOADS;
+        let o = &self.inner.observe;
+        let ty = self.inner.resource_type.as_deref().unwrap_or("unknown");
+        let outcome = if err.is_some() { "failure" } else { "success" };
+        FILE_DOWNLOADS.inc(&[&o.source(), ty, outcome]);
+        let bytes = self.offset;
+        let attempts = self.attempts;
+        o.emit("download-end", |e| {
+            e.reason = Some(outcome.to_owned());
+            e.bytes = Some(bytes);
+            e.detail = Some(format!("{attempts} requests"));
+        });
+    }
+
     fn retry_wait(&self, hint: Option<Duration>) -> Duration {
         if let Some(h) = hint {
             return h;
@@ -209,8 +305,14 @@ impl Resume {
     /// Gives up, or waits before the next request.
     async fn before_retry(&mut self, reason: &str, hint: Option<Duration>) -> std::io::Result<()> {
         let url = redact_url(&self.inner.url);
+        let o = &self.inner.observe;
         if self.attempts >= self.inner.max_attempts {
-            warn!(url = %url, attempts = self.attempts, reason, offset = self.offset, "giving up on export file");
+            fhirhose_metrics::catalogue::RETRIES_EXHAUSTED.inc(&[
+                &o.source(),
+                "download",
+                retry_class(reason),
+            ]);
+            warn!(url = %url, attempts = self.attempts, reason = reason_class(reason), detail = reason, offset = self.offset, "giving up on export file");
             return Err(io_err(format!(
                 "download of {url} failed after {} attempts (last: {reason})",
                 self.attempts
@@ -218,7 +320,21 @@ impl Resume {
         }
         self.inner.stats.retry(reason);
         let wait = self.retry_wait(hint);
-        warn!(url = %url, attempt = self.attempts, reason, offset = self.offset, wait_ms = wait.as_millis() as u64, "resuming export file");
+        let status = reason.strip_prefix("http-").unwrap_or("none");
+        fhirhose_metrics::catalogue::RETRIES.inc(&[
+            &o.source(),
+            "download",
+            retry_class(reason),
+            status,
+        ]);
+        let offset = self.offset;
+        o.emit("retry", |e| {
+            e.reason = Some(reason.to_owned());
+            e.status = status.parse().ok();
+            e.duration_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+            e.bytes = Some(offset);
+        });
+        warn!(url = %url, attempt = self.attempts, reason = reason_class(reason), detail = reason, offset = self.offset, wait_ms = wait.as_millis() as u64, "resuming export file");
         self.inner.http.clock().sleep(wait).await;
         Ok(())
     }
@@ -226,6 +342,9 @@ impl Resume {
     async fn request(&mut self) -> std::io::Result<()> {
         loop {
             self.attempts += 1;
+            if self.attempts == 1 {
+                self.inner.observe.emit("download-start", |_| {});
+            }
             let i = &self.inner;
             let mut req = Request::get(i.url.clone())
                 .interaction(Interaction::FileDownload {
@@ -247,6 +366,11 @@ impl Resume {
                         // logged there with its reason and Retry-After).
                         i.stats
                             .retry_n("transport-retried", u64::from(resp.attempts() - 1));
+                        let n = resp.attempts() - 1;
+                        i.observe.emit("retry", |e| {
+                            e.reason = Some("transport-retried".into());
+                            e.detail = Some(format!("{n} retried inside the transport"));
+                        });
                     }
                     let status = resp.status();
                     let h = resp.headers();
@@ -345,6 +469,13 @@ impl Resume {
                     }
                     self.offset += chunk.len() as u64;
                     self.last_byte = chunk.last().copied();
+                    fhirhose_metrics::catalogue::DOWNLOAD_BYTES.add(
+                        &[
+                            &self.inner.observe.source(),
+                            self.inner.resource_type.as_deref().unwrap_or("unknown"),
+                        ],
+                        chunk.len() as u64,
+                    );
                     self.inner
                         .stats
                         .bytes

@@ -94,6 +94,13 @@ impl Manifest {
                 let url = status_url
                     .join(&f.url)
                     .map_err(|e| bad(format!("invalid file URL: {e}")))?;
+                if !matches!(url.scheme(), "http" | "https") {
+                    // Never `file:`, `data:` or the like, whatever the server says.
+                    return Err(bad(format!(
+                        "file URL scheme `{}` is not http(s)",
+                        url.scheme()
+                    )));
+                }
                 let resource_type =
                     f.ty.or_else(|| default_type.map(str::to_owned))
                         .ok_or_else(|| bad("an output file has no type".into()))?;
@@ -113,6 +120,15 @@ impl Manifest {
             .map(|u| status_url.join(u))
             .transpose()
             .map_err(|e| bad(format!("invalid next link: {e}")))?;
+        if let Some(n) = next
+            .as_ref()
+            .filter(|n| !matches!(n.scheme(), "http" | "https"))
+        {
+            return Err(bad(format!(
+                "next link scheme `{}` is not http(s)",
+                n.scheme()
+            )));
+        }
         Ok(Self {
             transaction_time: raw.transaction_time.unwrap_or_default(),
             requires_access_token: raw.requires_access_token.unwrap_or(false),
@@ -147,6 +163,21 @@ mod tests {
 
     fn status() -> Url {
         Url::parse("https://ehr.example/fhir/bulkstatus/1").unwrap()
+    }
+
+    #[test]
+    fn file_urls_that_are_not_http_are_rejected() {
+        for u in [
+            "file:///etc/passwd",
+            "data:text/plain,x",
+            "ftp://ehr.example/f",
+        ] {
+            let body = format!(r#"{{"output":[{{"type":"Patient","url":"{u}"}}]}}"#);
+            let e = Manifest::parse(body.as_bytes(), &status()).unwrap_err();
+            assert!(e.to_string().contains("not http(s)"), "{e}");
+        }
+        let body = br#"{"output":[],"link":[{"relation":"next","url":"file:///x"}]}"#;
+        assert!(Manifest::parse(body, &status()).is_err());
     }
 
     #[test]

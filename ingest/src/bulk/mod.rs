@@ -73,9 +73,11 @@ pub use download::{DownloadStats, HttpFileOpener};
 pub use error::{BulkError, BulkErrorKind};
 pub use kickoff::{build_kickoff, ExportLevel, ExportRequest, Since};
 pub use manifest::{Manifest, ManifestFile};
-pub use poll::{PollPolicy, PollStats, Poller};
+pub use poll::{progress_figure, PollPolicy, PollStats, Poller, ProgressObserver};
 pub use profile::{KickoffMethod, Profile, TypeParam};
-pub use store::{JobRecord, JobState, JobStore, MemoryJobStore, SqliteJobStore};
+pub use store::{
+    JobEvent, JobEvents, JobRecord, JobState, JobStore, MemoryJobStore, SqliteJobStore,
+};
 
 use crate::auth::{Authorizer, ExportTypes};
 use crate::http::{redact_url, HttpClient, Interaction, Request};
@@ -99,6 +101,8 @@ pub struct ExportOptions {
     pub resume: bool,
     /// Poll policy (default from the profile).
     pub poll: PollPolicy,
+    /// Called on every 202 while the job is queued on the server (progress displays).
+    pub on_progress: Option<ProgressObserver>,
 }
 
 impl ExportOptions {
@@ -118,6 +122,7 @@ impl ExportOptions {
             force: false,
             resume: false,
             poll,
+            on_progress: None,
         }
     }
 
@@ -411,6 +416,10 @@ impl Exporter {
             }
             Some(j) if !opts.force => {
                 info!(job = %j.job_id, state = j.state.as_str(), status_url = %redact_status(&j.status_url), "re-attaching to export job");
+                fhirhose_metrics::catalogue::EXPORT_JOBS_RESUMED.inc(&[&opts.source]);
+                let state = j.state.as_str();
+                self.events(&j.job_id)
+                    .emit("reattach", |e| e.reason = Some(state.to_owned()));
                 let h = JobHandle {
                     record: Arc::new(Mutex::new(j)),
                     store: self.store.clone(),
@@ -437,6 +446,10 @@ impl Exporter {
             }
         };
         let _beat = job.heartbeat();
+        let queued = matches!(
+            job.record().state,
+            JobState::KickedOff | JobState::InProgress
+        );
         let result = self.poll(opts, &job).await;
         let (manifest, poll) = match result {
             Ok(m) => m,
@@ -445,6 +458,16 @@ impl Exporter {
                 return Err(e);
             }
         };
+        let files = manifest.files.len();
+        self.events(&job.id())
+            .emit("manifest", |e| e.detail = Some(format!("{files} files")));
+        if queued {
+            // Kick-off to manifest, for jobs this run watched on the server.
+            if let Some(age) = job_age(&job.record()) {
+                fhirhose_metrics::catalogue::EXPORT_SERVER_SECONDS
+                    .observe(&[&opts.source], age.as_secs_f64());
+            }
+        }
         let downloads = Arc::new(DownloadStats::default());
         let files = self.input_files(&job.record(), &manifest, opts, &downloads);
         job.update(|r| {
@@ -487,6 +510,23 @@ impl Exporter {
             warn!(error = %se, "cannot record the export job failure");
         }
         warn!(job = %job.id(), state = state.as_str(), error = %e, "export job stopped");
+        let rec = job.record();
+        self.events(&rec.job_id).emit("failed", |ev| {
+            ev.reason = Some(state.as_str().to_owned());
+            ev.status = match e {
+                BulkError::ServerFailed { status, .. } => Some(*status),
+                BulkError::Http(h) => h.status(),
+                _ => None,
+            };
+        });
+        if !state.is_resumable() || state == JobState::NeedsReauthorization {
+            ended(&rec, state);
+        }
+    }
+
+    /// The timeline recorder of a job in this exporter's store.
+    fn events(&self, job_id: &str) -> JobEvents {
+        JobEvents::new(self.store.clone(), job_id)
     }
 
     async fn kickoff(
@@ -556,6 +596,12 @@ impl Exporter {
         };
         // Persisted before the first poll: a crash from here on re-attaches.
         self.store.put(&rec)?;
+        fhirhose_metrics::catalogue::EXPORT_KICKOFFS.inc(&[&opts.source]);
+        self.events(&rec.job_id).emit("kickoff", |e| {
+            e.status = Some(status.as_u16());
+            e.detail =
+                (!request.types.is_empty()).then(|| format!("{} types", request.types.len()));
+        });
         info!(job = %rec.job_id, request_id = %request_id, status_url = %redact_url(&status_url), "export kicked off");
         Ok(JobHandle {
             record: Arc::new(Mutex::new(rec)),
@@ -583,15 +629,19 @@ impl Exporter {
             job.transition(JobState::InProgress)?;
         }
         let hook_job = job.clone();
-        let poller = Poller::new(self.http.clone(), opts.poll.clone()).on_progress(Arc::new(
-            move |progress: Option<&str>, wait: Duration| {
+        let observer = opts.on_progress.clone();
+        let poller = Poller::new(self.http.clone(), opts.poll.clone())
+            .on_progress(Arc::new(move |progress: Option<&str>, wait: Duration| {
+                if let Some(o) = &observer {
+                    (o.0)(progress, wait);
+                }
                 let progress = progress.map(str::to_owned);
                 let _ = hook_job.update(|r| {
                     r.progress = progress;
                     r.waiting_for = Some(format!("status poll in {:.0}s", wait.as_secs_f64()));
                 });
-            },
-        ));
+            }))
+            .observed(&opts.source, Some(self.events(&rec.job_id)));
         poller
             .wait_for_manifest(&status_url, &rec.job_id, deadline)
             .await
@@ -646,7 +696,8 @@ impl Exporter {
                     token,
                     opts.profile.download.max_attempts,
                     downloads.clone(),
-                );
+                )
+                .observed(&opts.source, &name, Some(self.events(&job.job_id)));
                 InputFile {
                     location: Location::Stream(Arc::new(opener)),
                     name,
@@ -744,6 +795,12 @@ impl Exporter {
             JobState::Partial
         };
         report.state = state.as_str().to_owned();
+        let (landed, failed) = (report.files_landed, report.files_failed);
+        self.events(&rec.job_id).emit("complete", |e| {
+            e.reason = Some(state.as_str().to_owned());
+            e.detail = Some(format!("{landed} files landed, {failed} failed"));
+        });
+        ended(&rec, state);
         let json = serde_json::to_string(&report).unwrap_or_default();
         ready.job.update(|r| {
             r.report = Some(json);
@@ -779,6 +836,25 @@ impl Exporter {
                 false
             }
         }
+    }
+}
+
+/// Time since the job's kick-off (wall clock; jobs outlive processes).
+fn job_age(rec: &JobRecord) -> Option<Duration> {
+    let created = time::OffsetDateTime::parse(
+        &rec.created_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .ok()?;
+    Some((time::OffsetDateTime::now_utc() - created).unsigned_abs())
+}
+
+/// Counts a job that ended in `state`, with its kick-off-to-end duration.
+fn ended(rec: &JobRecord, state: JobState) {
+    use fhirhose_metrics::catalogue::{EXPORT_DURATION_SECONDS, EXPORT_JOBS};
+    EXPORT_JOBS.inc(&[&rec.source, state.as_str()]);
+    if let Some(age) = job_age(rec) {
+        EXPORT_DURATION_SECONDS.observe(&[&rec.source, state.as_str()], age.as_secs_f64());
     }
 }
 

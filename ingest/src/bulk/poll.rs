@@ -97,12 +97,54 @@ pub struct PollStats {
 /// Called on every 202, with the `X-Progress` text, so the job record can show it.
 pub type ProgressHook = Arc<dyn Fn(Option<&str>, Duration) + Send + Sync>;
 
+/// A [`ProgressHook`] with a `Debug` form, for options structs.
+#[derive(Clone)]
+pub struct ProgressObserver(pub ProgressHook);
+
+impl std::fmt::Debug for ProgressObserver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressObserver")
+    }
+}
+
+/// The PHI-free figure in an `X-Progress` text: the first percentage (`42%`, `42.5%`) or
+/// fraction (`3/10`), else `None`. `X-Progress` is free text from the server; only this
+/// figure is shown on progress lines and stored in job timelines.
+pub fn progress_figure(text: &str) -> Option<String> {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i].is_ascii_digit() {
+            let start = i;
+            while i < b.len() && (b[i].is_ascii_digit() || b[i] == b'.') {
+                i += 1;
+            }
+            let num = &text[start..i];
+            let rest = text[i..].trim_start();
+            if rest.starts_with('%') {
+                return Some(format!("{num}%"));
+            }
+            if let Some(r) = rest.strip_prefix('/').map(str::trim_start) {
+                let d: String = r.chars().take_while(char::is_ascii_digit).collect();
+                if !d.is_empty() {
+                    return Some(format!("{num}/{d}"));
+                }
+            }
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 /// Polls a status URL until the manifest is ready.
 pub struct Poller {
     http: HttpClient,
     policy: PollPolicy,
     rng: Mutex<StdRng>,
     progress: Option<ProgressHook>,
+    source: Option<String>,
+    events: Option<super::store::JobEvents>,
 }
 
 impl std::fmt::Debug for Poller {
@@ -175,7 +217,7 @@ pub(crate) fn classify_failure(err: HttpError, url: &Url) -> Result<Option<Durat
 }
 
 /// `severity:code` of each issue (diagnostics are left out: they may carry PHI).
-pub(crate) fn outcome_summary(o: &Value) -> String {
+pub fn outcome_summary(o: &Value) -> String {
     o["issue"]
         .as_array()
         .into_iter()
@@ -203,6 +245,42 @@ impl Poller {
             policy,
             rng: Mutex::new(rng),
             progress: None,
+            source: None,
+            events: None,
+        }
+    }
+
+    /// Labels metrics with `source` and records each poll in the job's timeline.
+    pub fn observed(mut self, source: &str, events: Option<super::store::JobEvents>) -> Self {
+        self.source = Some(source.to_owned());
+        self.events = events;
+        self
+    }
+
+    /// Counts a poll (and its wait) and records it in the timeline.
+    fn record_poll(
+        &self,
+        outcome: &str,
+        status: Option<u16>,
+        wait: Option<(Duration, WaitReason)>,
+        progress: Option<&str>,
+    ) {
+        use fhirhose_metrics::catalogue::{EXPORT_POLLS, EXPORT_POLL_WAIT_SECONDS};
+        let source = self
+            .source
+            .clone()
+            .unwrap_or_else(fhirhose_metrics::default_source);
+        EXPORT_POLLS.inc(&[&source, outcome]);
+        if let Some((w, r)) = wait {
+            EXPORT_POLL_WAIT_SECONDS.observe(&[&source, r.as_str()], w.as_secs_f64());
+        }
+        if let Some(ev) = &self.events {
+            ev.emit("poll", |e| {
+                e.status = status;
+                e.reason = wait.map(|(_, r)| r.as_str().to_owned());
+                e.duration_ms = wait.map(|(w, _)| u64::try_from(w.as_millis()).unwrap_or(u64::MAX));
+                e.detail = progress.and_then(progress_figure);
+            });
         }
     }
 
@@ -289,11 +367,27 @@ impl Poller {
                     if let Some(h) = &self.progress {
                         h(progress.as_deref(), wait);
                     }
+                    self.record_poll(
+                        "in_progress",
+                        Some(202),
+                        Some((wait, reason)),
+                        progress.as_deref(),
+                    );
                     stats.last_progress = progress;
                     (wait, reason)
                 }
                 Ok(resp) => {
                     let status = resp.status().as_u16();
+                    self.record_poll(
+                        if status == 200 {
+                            "complete"
+                        } else {
+                            "unexpected"
+                        },
+                        Some(status),
+                        None,
+                        None,
+                    );
                     let body = resp.bytes().await?;
                     if status != 200 {
                         return Err(BulkError::Manifest {
@@ -342,8 +436,20 @@ impl Poller {
                         job = job_id,
                         status,
                         wait_ms = wait.as_millis() as u64,
-                        reason = WaitReason::Throttled.as_str(),
+                        reason = match status {
+                            Some(429) => "throttled",
+                            Some(408) => "timeout",
+                            Some(401 | 403) => "auth",
+                            Some(_) => "server",
+                            None => "transport",
+                        },
                         "status poll failed; waiting"
+                    );
+                    self.record_poll(
+                        "throttled",
+                        status,
+                        Some((wait, WaitReason::Throttled)),
+                        None,
                     );
                     (wait, WaitReason::Throttled)
                 }
@@ -404,6 +510,22 @@ mod tests {
         // Same seed, same waits.
         let q = poller(7);
         assert_eq!(waits, (0..12).map(|n| q.backoff(n)).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn progress_figures_keep_numbers_only() {
+        assert_eq!(progress_figure("42% complete").as_deref(), Some("42%"));
+        assert_eq!(
+            progress_figure("Exporting: 12.5 %").as_deref(),
+            Some("12.5%")
+        );
+        assert_eq!(
+            progress_figure("file 3/10 for Smith").as_deref(),
+            Some("3/10")
+        );
+        assert_eq!(progress_figure("processing John Smith 1970"), None);
+        assert_eq!(progress_figure("in progress"), None);
+        assert_eq!(progress_figure(""), None);
     }
 
     #[test]

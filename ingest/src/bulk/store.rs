@@ -126,6 +126,85 @@ pub struct JobRecord {
     pub error: Option<String>,
 }
 
+/// One timestamped step of a job, for the report's timeline: a kick-off, a status poll
+/// (with the wait after it), a download's start and end, a retry. No URLs, no content:
+/// file names are the lake names (`Patient.001.ndjson`), reasons are classes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct JobEvent {
+    /// The job.
+    pub job_id: String,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// `kickoff`, `reattach`, `poll`, `manifest`, `download-start`, `download-end`,
+    /// `retry`, `complete`, `failed`.
+    pub kind: String,
+    /// The file (lake name), for download and retry events.
+    pub file: Option<String>,
+    /// HTTP status, when one was received.
+    pub status: Option<u16>,
+    /// Why: the wait reason of a poll, a retry's reason, a download's outcome.
+    pub reason: Option<String>,
+    /// How long: the wait after a poll, a retry's wait.
+    pub duration_ms: Option<u64>,
+    /// Bytes, for download ends.
+    pub bytes: Option<u64>,
+    /// A short, PHI-free detail (`X-Progress` percentage, a count).
+    pub detail: Option<String>,
+}
+
+impl JobEvent {
+    /// An event of `kind` for `job_id`, stamped now.
+    pub fn now(job_id: &str, kind: &str) -> Self {
+        Self {
+            job_id: job_id.to_owned(),
+            at_ms: unix_ms_now(),
+            kind: kind.to_owned(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Unix milliseconds now.
+pub(crate) fn unix_ms_now() -> i64 {
+    i64::try_from(time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+}
+
+/// Records a job's timeline events into its store. Best effort: a failed write is logged
+/// at debug and never fails the job (the timeline is for people, the checkpoint is not).
+#[derive(Clone)]
+pub struct JobEvents {
+    store: std::sync::Arc<dyn JobStore>,
+    job_id: String,
+}
+
+impl std::fmt::Debug for JobEvents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobEvents")
+            .field("job_id", &self.job_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobEvents {
+    /// A recorder for `job_id`.
+    pub fn new(store: std::sync::Arc<dyn JobStore>, job_id: impl Into<String>) -> Self {
+        Self {
+            store,
+            job_id: job_id.into(),
+        }
+    }
+
+    /// Records an event of `kind`, filled in by `f`.
+    pub fn emit(&self, kind: &str, f: impl FnOnce(&mut JobEvent)) {
+        let mut e = JobEvent::now(&self.job_id, kind);
+        f(&mut e);
+        if let Err(err) = self.store.add_event(&e) {
+            tracing::debug!(job = %self.job_id, kind, error = %err, "cannot record a job event");
+        }
+    }
+}
+
 /// Persistence of export jobs.
 pub trait JobStore: Send + Sync + std::fmt::Debug {
     /// Inserts or replaces a job.
@@ -142,6 +221,14 @@ pub trait JobStore: Send + Sync + std::fmt::Debug {
     ) -> Result<Option<String>, BulkError>;
     /// The newest jobs first.
     fn list(&self, limit: usize) -> Result<Vec<JobRecord>, BulkError>;
+    /// Appends a timeline event (stores without a timeline ignore it).
+    fn add_event(&self, _event: &JobEvent) -> Result<(), BulkError> {
+        Ok(())
+    }
+    /// A job's timeline events, oldest first.
+    fn events(&self, _job_id: &str) -> Result<Vec<JobEvent>, BulkError> {
+        Ok(Vec::new())
+    }
 }
 
 /// Unix seconds now.
@@ -209,6 +296,19 @@ CREATE TABLE IF NOT EXISTS export_jobs (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS export_jobs_by_request ON export_jobs (source, fingerprint, created_at);
+CREATE TABLE IF NOT EXISTS export_job_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    file TEXT,
+    status INTEGER,
+    reason TEXT,
+    duration_ms INTEGER,
+    bytes INTEGER,
+    detail TEXT
+);
+CREATE INDEX IF NOT EXISTS export_job_events_by_job ON export_job_events (job_id, at_ms);
 ";
 
 const COLUMNS: &str = "job_id, source, fingerprint, request, status_url, state, since, transaction_time, \
@@ -348,12 +448,54 @@ impl JobStore for SqliteJobStore {
         let rows = st.query_map([limit as i64], row_to_job)?;
         Ok(rows.collect::<Result<Vec<_>, _>>()?)
     }
+
+    fn add_event(&self, e: &JobEvent) -> Result<(), BulkError> {
+        self.conn().execute(
+            "INSERT INTO export_job_events (job_id, at_ms, kind, file, status, reason, duration_ms, bytes, detail) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                e.job_id,
+                e.at_ms,
+                e.kind,
+                e.file,
+                e.status,
+                e.reason,
+                e.duration_ms.map(|d| i64::try_from(d).unwrap_or(i64::MAX)),
+                e.bytes.map(|b| i64::try_from(b).unwrap_or(i64::MAX)),
+                e.detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, BulkError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT job_id, at_ms, kind, file, status, reason, duration_ms, bytes, detail \
+             FROM export_job_events WHERE job_id = ?1 ORDER BY at_ms, seq",
+        )?;
+        let rows = st.query_map([job_id], |r| {
+            Ok(JobEvent {
+                job_id: r.get(0)?,
+                at_ms: r.get(1)?,
+                kind: r.get(2)?,
+                file: r.get(3)?,
+                status: r.get(4)?,
+                reason: r.get(5)?,
+                duration_ms: r.get::<_, Option<i64>>(6)?.map(|d| d.max(0) as u64),
+                bytes: r.get::<_, Option<i64>>(7)?.map(|b| b.max(0) as u64),
+                detail: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
 }
 
 /// In-memory job store (tests).
 #[derive(Debug, Default)]
 pub struct MemoryJobStore {
     jobs: Mutex<BTreeMap<String, JobRecord>>,
+    events: Mutex<Vec<JobEvent>>,
 }
 
 impl MemoryJobStore {
@@ -407,6 +549,27 @@ impl JobStore for MemoryJobStore {
         v.truncate(limit);
         Ok(v)
     }
+
+    fn add_event(&self, e: &JobEvent) -> Result<(), BulkError> {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(e.clone());
+        Ok(())
+    }
+
+    fn events(&self, job_id: &str) -> Result<Vec<JobEvent>, BulkError> {
+        let mut v: Vec<JobEvent> = self
+            .events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|e| e.job_id == job_id)
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| e.at_ms);
+        Ok(v)
+    }
 }
 
 #[cfg(test)]
@@ -455,6 +618,20 @@ mod tests {
         assert!(store.resumable("s", "f").unwrap().is_none());
         assert_eq!(store.list(2).unwrap().len(), 2);
         assert_eq!(store.list(10).unwrap()[0].job_id, "j3");
+        let mut poll = JobEvent::now("j3", "poll");
+        poll.status = Some(202);
+        poll.duration_ms = Some(1500);
+        poll.reason = Some("retry-after".into());
+        store.add_event(&poll).unwrap();
+        let mut end = JobEvent::now("j3", "download-end");
+        end.at_ms = poll.at_ms + 10;
+        end.file = Some("Patient.001.ndjson".into());
+        end.bytes = Some(42);
+        store.add_event(&end).unwrap();
+        store.add_event(&JobEvent::now("j1", "kickoff")).unwrap();
+        assert_eq!(store.events("j3").unwrap(), vec![poll, end]);
+        assert_eq!(store.events("j1").unwrap().len(), 1);
+        assert!(store.events("nope").unwrap().is_empty());
     }
 
     #[test]

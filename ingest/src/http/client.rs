@@ -332,6 +332,17 @@ struct Failure {
     rejected: Option<Secret>,
 }
 
+/// Counts one retry of the transport's loop (`fhirhose_retries_total{layer="request"}`).
+fn record_retry(reason: RetryReason, status: Option<u16>) {
+    let status = status.map_or_else(|| "none".to_owned(), |s| s.to_string());
+    fhirhose_metrics::catalogue::RETRIES.inc(&[
+        &fhirhose_metrics::default_source(),
+        "request",
+        reason.as_str(),
+        &status,
+    ]);
+}
+
 fn origin_key(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
@@ -477,6 +488,7 @@ impl HttpClient {
                     return Err(failure.error);
                 }
                 refreshed = true;
+                record_retry(RetryReason::Auth, Some(401));
                 warn!(
                     reason = RetryReason::Auth.as_str(),
                     status = 401u16,
@@ -509,6 +521,11 @@ impl HttpClient {
             };
             let wait = shared.policy.wait(attempt, failure.hint);
             if !shared.policy.allows(attempt, elapsed, wait) {
+                fhirhose_metrics::catalogue::RETRIES_EXHAUSTED.inc(&[
+                    &fhirhose_metrics::default_source(),
+                    "request",
+                    reason.as_str(),
+                ]);
                 warn!(
                     reason = reason.as_str(),
                     status = failure.error.status(),
@@ -524,6 +541,7 @@ impl HttpClient {
                     last: Box::new(failure.error),
                 });
             }
+            record_retry(reason, failure.error.status());
             warn!(
                 reason = reason.as_str(),
                 status = failure.error.status(),
@@ -534,6 +552,9 @@ impl HttpClient {
                 "retrying request"
             );
             shared.clock.sleep(wait).await;
+            // Ask the bearer source again: the token may have expired during the wait
+            // (the source refreshes ahead of expiry; the 401 path only catches one).
+            token = None;
         }
     }
 
@@ -596,6 +617,14 @@ impl HttpClient {
 
         let mut hop = 0u32;
         loop {
+            // The token comes before the origin permit: fetching it may call a token
+            // endpoint on this same origin, which needs a permit of its own, and requests
+            // holding every permit while waiting for that call would deadlock.
+            let bearer = if may_send_token && url.origin() == token_origin {
+                Some(self.bearer_token(token, &url).await.map_err(fatal)?)
+            } else {
+                None
+            };
             let limiter: Arc<OriginLimiter> = shared.limiters.for_origin(&origin_key(&url));
             let permit = limiter.acquire().await;
             let mut rb = shared
@@ -604,8 +633,7 @@ impl HttpClient {
                 .headers(headers.clone())
                 .header(REQUEST_ID_HEADER, rid.clone());
             let mut sent_token = None;
-            if may_send_token && url.origin() == token_origin {
-                let t = self.bearer_token(token, &url).await.map_err(fatal)?;
+            if let Some(t) = bearer {
                 let mut v =
                     HeaderValue::from_str(&format!("Bearer {}", t.expose())).map_err(|_| {
                         fatal(HttpError::InvalidRequest {

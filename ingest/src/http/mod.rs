@@ -29,5 +29,5 @@ pub use config::HttpConfig;
 pub use error::{ErrorBody, HttpError, HttpErrorKind, ERROR_BODY_LIMIT};
 pub use hooks::{BearerSource, Interaction, RequestDescr, RequestGuard};
 pub use limit::OriginLimits;
-pub use redact::{redact_url, Secret};
+pub use redact::{redact_text, redact_url, Secret, REDACTED};
 pub use retry::parse_retry_after;

@@ -79,15 +79,35 @@ impl RetryReason {
     }
 }
 
+/// Delay-seconds at or above this (about 31 years) are not delays but Unix timestamps.
+const EPOCH_SECONDS_FLOOR: u64 = 1_000_000_000;
+/// Timestamps at or above this are Unix milliseconds (1e12 ms is September 2001).
+const EPOCH_MILLIS_FLOOR: u64 = 1_000_000_000_000;
+
 /// Parses a `Retry-After` value: delta-seconds or an HTTP-date (IMF-fixdate, RFC 850 or
 /// asctime). A date in the past means "now". Returns `None` for anything unparsable.
+///
+/// Some servers send an absolute Unix time where delta-seconds belong (the SMART reference
+/// bulk-data-server's rate limiter sends epoch seconds, or epoch milliseconds on the request
+/// that trips the limit). A digit string of at least [`EPOCH_SECONDS_FLOOR`] cannot be a
+/// meaningful delay, so it is read as epoch seconds (or milliseconds past
+/// [`EPOCH_MILLIS_FLOOR`]) and turned into the time left until then.
 pub fn parse_retry_after(value: &str, now: OffsetDateTime) -> Option<Duration> {
     let value = value.trim();
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         // Absurdly long digit strings saturate rather than fail; the cap applies later.
-        return Some(Duration::from_secs(
-            value.parse::<u64>().unwrap_or(u64::MAX),
-        ));
+        let n = value.parse::<u64>().unwrap_or(u64::MAX);
+        if n < EPOCH_SECONDS_FLOOR {
+            return Some(Duration::from_secs(n));
+        }
+        let millis = if n >= EPOCH_MILLIS_FLOOR {
+            i128::from(n)
+        } else {
+            i128::from(n) * 1000
+        };
+        let now_ms = now.unix_timestamp_nanos() / 1_000_000;
+        let left = u64::try_from((millis - now_ms).max(0)).unwrap_or(u64::MAX);
+        return Some(Duration::from_millis(left));
     }
     let when = httpdate::parse_http_date(value).ok()?;
     let when = OffsetDateTime::from(when);
@@ -219,6 +239,35 @@ mod tests {
         assert_eq!(parse_retry_after("soon", now), None);
         assert_eq!(parse_retry_after("-5", now), None);
         assert_eq!(parse_retry_after("", now), None);
+    }
+
+    #[test]
+    fn retry_after_unix_timestamps_mean_time_left() {
+        // The SMART reference bulk-data-server's rate limiter: epoch seconds while blocked,
+        // epoch milliseconds (now + 5 min) on the request that trips the limit.
+        let now = datetime!(2026-12-07 13:45:28 UTC);
+        let secs = now.unix_timestamp();
+        assert_eq!(
+            parse_retry_after(&(secs + 300).to_string(), now),
+            Some(Duration::from_secs(300))
+        );
+        let millis = now.unix_timestamp_nanos() / 1_000_000 + 299_500;
+        assert_eq!(
+            parse_retry_after(&millis.to_string(), now),
+            Some(Duration::from_millis(299_500))
+        );
+        // A timestamp in the past means retry now.
+        assert_eq!(
+            parse_retry_after(&(secs - 10).to_string(), now),
+            Some(Duration::ZERO)
+        );
+        // Just below the floor is still a (huge) delay; absurd lengths stay saturated.
+        assert_eq!(
+            parse_retry_after("999999999", now),
+            Some(Duration::from_secs(999_999_999))
+        );
+        assert!(parse_retry_after("99999999999999999999999", now)
+            .is_some_and(|d| d > Duration::from_secs(100 * 365 * 86_400)));
     }
 
     #[test]

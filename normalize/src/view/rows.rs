@@ -369,13 +369,17 @@ fn eval_column<'a>(
             }
         }
     }
-    // Other shapes common in the canonical views.
-    match (&c.expr, c.kind) {
-        (Expr::Literal(Literal::Str(s, _)), ColKind::Str) => {
+    // Other shapes common in the canonical views; each yields one cell, so never for a
+    // `collection: true` column, which always becomes a list.
+    let shape = if c.collection { None } else { Some(c.kind) };
+    match (&c.expr, shape) {
+        (Expr::Literal(Literal::Str(s, _)), Some(ColKind::Str)) => {
             return Ok(Cell::Str(Cow::Borrowed(s)));
         }
-        (Expr::RowIndex, ColKind::Int) => return Ok(Cell::Int(env.row_index)),
-        (Expr::Call(base, Func::GetResourceKey), ColKind::Str) if matches!(**base, Expr::This) => {
+        (Expr::RowIndex, Some(ColKind::Int)) => return Ok(Cell::Int(env.row_index)),
+        (Expr::Call(base, Func::GetResourceKey), Some(ColKind::Str))
+            if matches!(**base, Expr::This) =>
+        {
             if let [Item::Node {
                 v: Value::Object(o),
                 ..
@@ -390,7 +394,9 @@ fn eval_column<'a>(
                 });
             }
         }
-        (Expr::Call(base, Func::GetReferenceKey(ty)), ColKind::Str) if is_simple_path(base) => {
+        (Expr::Call(base, Func::GetReferenceKey(ty)), Some(ColKind::Str))
+            if is_simple_path(base) =>
+        {
             if let [Item::Node { v, ext: None, .. }] = item {
                 if let Some(found) = single_node(base, env, v) {
                     let key = match found {

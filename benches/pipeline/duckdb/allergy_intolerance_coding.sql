@@ -1,0 +1,23 @@
+-- allergy_intolerance_coding: one row per Coding of AllergyIntolerance's code, clinicalStatus, verificationStatus and reaction.manifestation
+-- (schemas/views/allergy_intolerance_coding.json). A CodeableConcept without codings gives one row with null coding
+-- columns (forEachOrNull); element_index is the CodeableConcept's %rowIndex, coding_index
+-- the Coding's.
+COPY (
+  SELECT id, 'AllergyIntolerance' AS resource_type, e.element, e.element_index, e.cc.text AS text,
+         c.i AS coding_index, c.c.system AS system, c.c.version AS version, c.c.code AS code,
+         c.c.display AS display, c.c.userSelected AS user_selected
+  FROM (
+    SELECT id, e, unnest(codings_or_null(e.cc.coding)) AS c
+    FROM (
+      SELECT id, unnest(list_concat(
+        cc_rows('code', [code]),
+        cc_rows('clinicalStatus', [clinicalStatus]),
+        cc_rows('verificationStatus', [verificationStatus]),
+        cc_rows('reaction.manifestation', flatten(list_transform(reaction, lambda r: r.manifestation)))
+      )) AS e
+      FROM read_ndjson(__FILES__, format = 'newline_delimited', maximum_object_size = 67108864,
+        columns = {id: 'VARCHAR', code: 'cc_t', clinicalStatus: 'cc_t', verificationStatus: 'cc_t',
+          reaction: 'STRUCT(manifestation cc_t[])[]'})
+    )
+  )
+) TO __OUT__ (FORMAT parquet, COMPRESSION zstd);

@@ -1,0 +1,24 @@
+-- observation_coding: one row per Coding of Observation's code, category, value[x] (CodeableConcept), component.code and interpretation
+-- (schemas/views/observation_coding.json). A CodeableConcept without codings gives one row with null coding
+-- columns (forEachOrNull); element_index is the CodeableConcept's %rowIndex, coding_index
+-- the Coding's.
+COPY (
+  SELECT id, 'Observation' AS resource_type, e.element, e.element_index, e.cc.text AS text,
+         c.i AS coding_index, c.c.system AS system, c.c.version AS version, c.c.code AS code,
+         c.c.display AS display, c.c.userSelected AS user_selected
+  FROM (
+    SELECT id, e, unnest(codings_or_null(e.cc.coding)) AS c
+    FROM (
+      SELECT id, unnest(list_concat(
+        cc_rows('code', [code]),
+        cc_rows('category', category),
+        cc_rows('value.ofType(CodeableConcept)', [valueCodeableConcept]),
+        cc_rows('component.code', list_transform(component, lambda c: c.code)),
+        cc_rows('interpretation', interpretation)
+      )) AS e
+      FROM read_ndjson(__FILES__, format = 'newline_delimited', maximum_object_size = 67108864,
+        columns = {id: 'VARCHAR', code: 'cc_t', category: 'cc_t[]', valueCodeableConcept: 'cc_t',
+          component: 'STRUCT(code cc_t)[]', interpretation: 'cc_t[]'})
+    )
+  )
+) TO __OUT__ (FORMAT parquet, COMPRESSION zstd);
