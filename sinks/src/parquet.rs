@@ -3,19 +3,27 @@
 //! One [`TableWriter`] writes one Parquet object. Encoding (Arrow → pages → zstd) is CPU work,
 //! so it never runs on the caller's task or on the async reactor: each writer owns a small
 //! task that receives batches over a bounded channel and encodes them with the synchronous
-//! `ArrowWriter` on the blocking pool, then streams the encoded bytes to the store through
-//! `object_store::buffered::BufWriter` (STYLE.md #7). Writers of different tables therefore
-//! encode in parallel, while the caller only queues batches.
+//! `ArrowWriter` on the blocking pool. Writers of different tables therefore encode in
+//! parallel, while the caller only queues batches.
+//!
+//! Encoded row groups go to a [`Spool`]: memory while the part is small, then an unlinked
+//! temporary file (in `TMPDIR`; it disappears with the process, even on a crash). The object
+//! is uploaded from the spool when the writer is closed, small parts in one PUT and large ones
+//! as a multipart upload of [`UPLOAD_PART_BYTES`] parts, [`UPLOAD_CONCURRENCY`] at a time.
+//! Streaming every open table straight to the store instead would hold an S3-sized part
+//! buffer (5 MiB, the protocol's minimum) plus parts in flight for *each* open table, which
+//! is what made peak memory grow with the number and size of the tables a run writes.
 //!
 //! Invariants:
-//! - small files go up in one PUT, large ones as a multipart upload, and the object becomes
-//!   visible only when [`TableWriter::close`] succeeds, so readers never see half a file; a
-//!   writer dropped or failed before that aborts its upload;
-//! - row groups are cut by buffered bytes as well as rows, and at most
-//!   [`QUEUED_BATCHES`] batches wait per writer, which bounds memory per open table whatever
-//!   the width of the rows or the size of the input;
+//! - the object becomes visible only when [`TableWriter::close`] succeeds, so readers never
+//!   see half a file; a writer dropped or failed before that uploads nothing;
+//! - memory per open table is bounded by the row group in progress (cut by buffered bytes as
+//!   well as rows), [`SPILL_BYTES`] of spool and at most [`QUEUED_BATCHES`] queued batches,
+//!   whatever the width of the rows or the size of the input; upload buffers exist only
+//!   while a part is being closed;
 //! - batches are encoded in the order they were written.
 
+use std::io::{Read, Seek, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -43,8 +51,12 @@ pub const fn default_row_group_bytes() -> usize {
     8 * 1024 * 1024
 }
 
-/// Upload buffer per open object: S3's minimum part size. object_store's 10 MiB default with
-/// 8 parts in flight would let a dozen open tables hold hundreds of MB.
+/// Spooled bytes a part keeps in memory; beyond this it moves to a temporary file. Most
+/// parts of small tables never reach it.
+pub const SPILL_BYTES: usize = 1024 * 1024;
+
+/// Upload buffer of an object being stored: S3's minimum part size. object_store's 10 MiB
+/// default with 8 parts in flight would let a few concurrent closes hold hundreds of MB.
 pub(crate) const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
 
 /// Parts of one object uploaded at once.
@@ -148,64 +160,152 @@ fn external(e: impl std::error::Error + Send + Sync + 'static) -> parquet::error
     parquet::errors::ParquetError::External(Box::new(e))
 }
 
-/// The encoder task: batches in, encoded bytes out to the upload.
-async fn encode(
+/// Where a part's encoded bytes wait until it is closed; see the module docs.
+#[derive(Debug, Default)]
+pub struct Spool {
+    mem: Vec<u8>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+    len: u64,
+}
+
+impl Spool {
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing was written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether the bytes moved to a temporary file.
+    pub fn spilled(&self) -> bool {
+        self.file.is_some()
+    }
+
+    /// Reads the spool back, `chunk` bytes at a time, into `f`. Blocking.
+    fn drain(self, chunk: usize, mut f: impl FnMut(Vec<u8>) -> bool) -> std::io::Result<()> {
+        match self.file {
+            None => {
+                f(self.mem);
+            }
+            Some(w) => {
+                let mut file = w.into_inner().map_err(|e| e.into_error())?;
+                file.rewind()?;
+                loop {
+                    let mut buf = Vec::with_capacity(chunk);
+                    let n = (&mut file).take(chunk as u64).read_to_end(&mut buf)?;
+                    if n == 0 || !f(buf) {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Write for Spool {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match &mut self.file {
+            Some(file) => file.write_all(buf)?,
+            None if self.mem.len() + buf.len() > SPILL_BYTES => {
+                let mut file = std::io::BufWriter::with_capacity(256 * 1024, tempfile::tempfile()?);
+                file.write_all(&self.mem)?;
+                file.write_all(buf)?;
+                self.mem = Vec::new();
+                self.file = Some(file);
+            }
+            None => self.mem.extend_from_slice(buf),
+        }
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(file) => file.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Uploads a closed part from its spool: one PUT when small, else a multipart upload whose
+/// parts are read from the spool as they are sent (so at most `UPLOAD_CONCURRENCY + 1` parts
+/// are in memory).
+async fn upload(
+    store: Arc<dyn ObjectStore>,
     key: Path,
-    mut upload: BufWriter,
-    mut writer: ArrowWriter<Vec<u8>>,
+    spool: Spool,
+) -> Result<(), parquet::errors::ParquetError> {
+    let mut up = BufWriter::with_capacity(store, key, UPLOAD_PART_BYTES)
+        .with_max_concurrency(UPLOAD_CONCURRENCY);
+    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
+    let reader = tokio::task::spawn_blocking(move || {
+        let res = spool.drain(UPLOAD_PART_BYTES, |chunk| {
+            tx.blocking_send(Ok(chunk)).is_ok()
+        });
+        if let Err(e) = res {
+            let _ = tx.blocking_send(Err(e));
+        }
+    });
+    let result = async {
+        while let Some(chunk) = rx.recv().await {
+            up.write_all(&chunk?).await?;
+        }
+        reader.await.map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(())
+    }
+    .await;
+    match result {
+        Ok(()) => up.shutdown().await.map_err(external),
+        Err(e) => {
+            let _ = up.abort().await;
+            Err(external(e))
+        }
+    }
+}
+
+/// The encoder task: batches in, encoded row groups out to the spool; the upload at the end.
+async fn encode(
+    store: Arc<dyn ObjectStore>,
+    key: Path,
+    mut writer: ArrowWriter<Spool>,
     mut rx: mpsc::Receiver<Cmd>,
     row_group_bytes: usize,
     in_progress: Arc<AtomicUsize>,
 ) -> Result<(), ParquetError> {
-    // `BufWriter::abort` panics once `shutdown` has begun: a failed completion is left to
-    // the store (an incomplete multipart upload is never visible).
-    let mut shutting_down = false;
     let result = async {
         while let Some(cmd) = rx.recv().await {
             let (w, res) = tokio::task::spawn_blocking(move || {
-                let res = (|| {
-                    match cmd {
-                        Cmd::Write(batch) => {
-                            writer.write(&batch)?;
-                            if writer.in_progress_size() >= row_group_bytes {
-                                writer.flush()?;
-                            }
+                let res = match cmd {
+                    Cmd::Write(batch) => writer.write(&batch).and_then(|()| {
+                        if writer.in_progress_size() >= row_group_bytes {
+                            writer.flush()
+                        } else {
+                            Ok(())
                         }
-                        Cmd::Flush => writer.flush()?,
-                    }
-                    Ok::<_, parquet::errors::ParquetError>(std::mem::take(writer.inner_mut()))
-                })();
+                    }),
+                    Cmd::Flush => writer.flush(),
+                };
                 (writer, res)
             })
             .await
             .map_err(external)?;
             writer = w;
             in_progress.store(writer.in_progress_size(), Ordering::Relaxed);
-            let bytes = res?;
-            if !bytes.is_empty() {
-                upload.write_all(&bytes).await.map_err(external)?;
-            }
+            res?;
         }
-        // The sender is gone: close the file (footer) and complete the upload.
-        let tail = tokio::task::spawn_blocking(move || writer.into_inner())
+        // The sender is gone: close the file (footer), then store it.
+        let spool = tokio::task::spawn_blocking(move || writer.into_inner())
             .await
             .map_err(external)??;
         in_progress.store(0, Ordering::Relaxed);
-        upload.write_all(&tail).await.map_err(external)?;
-        shutting_down = true;
-        upload.shutdown().await.map_err(external)?;
-        Ok(())
+        upload(store, key.clone(), spool).await
     }
     .await;
-    match result {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            if !shutting_down {
-                let _ = upload.abort().await;
-            }
-            Err(write_err(&key, e))
-        }
-    }
+    result.map_err(|e| write_err(&key, e))
 }
 
 impl TableWriter {
@@ -216,15 +316,13 @@ impl TableWriter {
         schema: SchemaRef,
         cfg: &ParquetConfig,
     ) -> Result<Self, ParquetError> {
-        let upload = BufWriter::with_capacity(store, key.clone(), UPLOAD_PART_BYTES)
-            .with_max_concurrency(UPLOAD_CONCURRENCY);
-        let writer = ArrowWriter::try_new(Vec::new(), schema, Some(cfg.properties()))
+        let writer = ArrowWriter::try_new(Spool::default(), schema, Some(cfg.properties()))
             .map_err(|source| write_err(&key, source))?;
         let (tx, rx) = mpsc::channel(QUEUED_BATCHES);
         let in_progress = Arc::new(AtomicUsize::new(0));
         let task = tokio::spawn(encode(
+            store,
             key.clone(),
-            upload,
             writer,
             rx,
             cfg.row_group_bytes,
@@ -395,5 +493,78 @@ mod tests {
         drop(w);
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(store.head(&Path::from("t/dropped.parquet")).await.is_err());
+    }
+
+    /// A part larger than the spill limit and than one upload part goes through the temporary
+    /// file and a multipart upload, and comes back byte for byte.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_part_spills_to_disk_and_uploads_in_parts() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let schema = Arc::new(Schema::new(vec![Field::new("v", DataType::Utf8, false)]));
+        let cfg = ParquetConfig {
+            row_group_bytes: 512 * 1024,
+            ..Default::default()
+        };
+        let key = Path::from("t/big.parquet");
+        let mut w = TableWriter::create(Arc::clone(&store), key.clone(), Arc::clone(&schema), &cfg)
+            .unwrap();
+        // Incompressible values: xorshift bytes, hex-free, so zstd cannot shrink them much.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut expected = Vec::new();
+        for _ in 0..48 {
+            let vals: Vec<String> = (0..1024)
+                .map(|_| {
+                    (0..160)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            char::from(b'!' + (x % 90) as u8)
+                        })
+                        .collect()
+                })
+                .collect();
+            expected.extend(vals.iter().cloned());
+            let b =
+                RecordBatch::try_new(Arc::clone(&schema), vec![Arc::new(StringArray::from(vals))])
+                    .unwrap();
+            w.write(&b).await.unwrap();
+        }
+        assert_eq!(w.close().await.unwrap(), 48 * 1024);
+        let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+        assert!(
+            bytes.len() > UPLOAD_PART_BYTES,
+            "{} bytes is not a multipart object",
+            bytes.len()
+        );
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        assert!(reader.metadata().num_row_groups() > 1);
+        let mut got = Vec::new();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            let col = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            got.extend(col.iter().map(|v| v.unwrap().to_string()));
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn the_spool_moves_to_a_file_past_its_limit_and_reads_back_in_chunks() {
+        let mut s = Spool::default();
+        s.write_all(&[1u8; 1000]).unwrap();
+        assert!(!s.spilled());
+        s.write_all(&vec![2u8; SPILL_BYTES]).unwrap();
+        assert!(s.spilled());
+        assert_eq!(s.len(), (SPILL_BYTES + 1000) as u64);
+        let mut chunks = Vec::new();
+        s.drain(4096, |c| {
+            chunks.push(c);
+            true
+        })
+        .unwrap();
+        assert!(chunks.iter().all(|c| c.len() <= 4096));
+        let all: Vec<u8> = chunks.concat();
+        assert_eq!(all.len(), SPILL_BYTES + 1000);
+        assert!(all[..1000].iter().all(|&b| b == 1) && all[1000..].iter().all(|&b| b == 2));
     }
 }
