@@ -90,7 +90,7 @@ def main():
     for name in ("normalize", "full"):
         rss = t[name][1]
         print(f"| {'peak RSS ' + name:40} | {rss:7.0f}MB | ≤ 256MB | {'ok' if rss <= 256 else 'MISS':4} |")
-    print("(the full pipeline meets its target with either full/DuckDB or full/bare producer)")
+    print("(the full pipeline's target is met by either ratio: full/DuckDB or full/bare producer)")
 
     if a.scale:
         big = f"normalize_x{a.scale}"
