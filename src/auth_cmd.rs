@@ -228,24 +228,65 @@ pub struct LoginArgs {
     /// Where to store the refresh token (default `<state dir>/credentials/<client>.json`).
     #[arg(long, env = "FHIRHOSE_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// A file holding the client secret, for a confidential App Launch client.
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
-    /// The name of an environment variable holding the client secret.
-    #[arg(long)]
-    pub secret_env: Option<String>,
+    /// The client secret, for a confidential App Launch client.
+    #[command(flatten)]
+    pub secret: SecretArgs,
     /// Token endpoint (default: SMART discovery).
     #[arg(long)]
     pub token_url: Option<String>,
     /// Seconds to wait for the browser redirect.
     #[arg(long, default_value_t = 300)]
     pub timeout_secs: u64,
+    /// Where the audit events go.
+    #[command(flatten)]
+    pub audit: AuditDbArgs,
+}
+
+/// A client secret, read from a file or an environment variable (never a flag value).
+#[derive(Debug, Args)]
+pub struct SecretArgs {
+    /// A file holding the client secret, for a confidential client.
+    #[arg(long)]
+    pub secret_file: Option<PathBuf>,
+    /// The name of an environment variable holding the client secret.
+    #[arg(long)]
+    pub secret_env: Option<String>,
+}
+
+/// The state database that holds the audit trail, and the source recorded with events.
+#[derive(Debug, Args)]
+pub struct AuditDbArgs {
     /// State database (the audit trail).
     #[arg(long, env = "FHIRHOSE_STATE", default_value = ".fhirhose/state.db")]
     pub state: PathBuf,
     /// Source name recorded with the audit events.
     #[arg(long, env = "FHIRHOSE_SOURCE", default_value = "local")]
     pub source: Option<String>,
+}
+
+impl SecretArgs {
+    /// `client_secret_basic` when a secret was given, else a public client.
+    fn client_auth(&self) -> anyhow::Result<ClientAuthConfig> {
+        Ok(
+            match read_secret(self.secret_file.as_deref(), self.secret_env.as_deref())? {
+                Some(secret) => ClientAuthConfig::ClientSecretBasic { secret },
+                None => ClientAuthConfig::Public,
+            },
+        )
+    }
+}
+
+impl AuditDbArgs {
+    /// The audit sink in the state database, scoped to the source.
+    fn open(&self) -> anyhow::Result<Arc<SqliteAuditSink>> {
+        open_audit(
+            &self.state,
+            AuditScope {
+                source: self.source.clone(),
+                ..AuditScope::default()
+            },
+        )
+    }
 }
 
 /// `fhirhose auth revoke`.
@@ -257,18 +298,12 @@ pub struct RevokeArgs {
     /// OAuth client id (picks the default login file).
     #[arg(long, env = "FHIRHOSE_CLIENT_ID")]
     pub client_id: Option<String>,
-    /// A file holding the client secret, for a confidential client.
-    #[arg(long)]
-    pub secret_file: Option<PathBuf>,
-    /// The name of an environment variable holding the client secret.
-    #[arg(long)]
-    pub secret_env: Option<String>,
-    /// State database (the audit trail).
-    #[arg(long, env = "FHIRHOSE_STATE", default_value = ".fhirhose/state.db")]
-    pub state: PathBuf,
-    /// Source name recorded with the audit events.
-    #[arg(long, env = "FHIRHOSE_SOURCE", default_value = "local")]
-    pub source: Option<String>,
+    /// The client secret, for a confidential client.
+    #[command(flatten)]
+    pub secret: SecretArgs,
+    /// Where the audit events go.
+    #[command(flatten)]
+    pub audit: AuditDbArgs,
 }
 
 /// `fhirhose auth check`.
@@ -337,14 +372,11 @@ async fn login(a: LoginArgs) -> anyhow::Result<u8> {
     } else {
         a.scope.join(" ")
     };
-    let client_auth = match read_secret(a.secret_file.as_deref(), a.secret_env.as_deref())? {
-        Some(secret) => ClientAuthConfig::ClientSecretBasic { secret },
-        None => ClientAuthConfig::Public,
-    };
+    let client_auth = a.secret.client_auth()?;
     let token_file = a
         .token_file
         .clone()
-        .unwrap_or_else(|| credentials_path(&a.state, &a.client_id));
+        .unwrap_or_else(|| credentials_path(&a.audit.state, &a.client_id));
     ensure_private_dir(&token_file)?;
     let mut cfg = AuthConfig::new(base, a.client_id.clone(), scopes, client_auth);
     cfg.flow = AuthFlow::AppLaunch;
@@ -355,13 +387,7 @@ async fn login(a: LoginArgs) -> anyhow::Result<u8> {
     if let Some(t) = &a.token_url {
         cfg.token_endpoint = Some(parse_url("--token-url", t)?);
     }
-    let audit = open_audit(
-        &a.state,
-        AuditScope {
-            source: a.source.clone(),
-            ..AuditScope::default()
-        },
-    )?;
+    let audit = a.audit.open()?;
     let http = HttpConfig::default()
         .build()
         .context("cannot build the HTTP client")?;
@@ -435,7 +461,7 @@ async fn login(a: LoginArgs) -> anyhow::Result<u8> {
 async fn revoke(a: RevokeArgs) -> anyhow::Result<u8> {
     let token_file = match (&a.token_file, &a.client_id) {
         (Some(f), _) => f.clone(),
-        (None, Some(c)) => credentials_path(&a.state, c),
+        (None, Some(c)) => credentials_path(&a.audit.state, c),
         (None, None) => {
             return Err(UsageError("give --token-file or --client-id".into()).into());
         }
@@ -453,10 +479,7 @@ async fn revoke(a: RevokeArgs) -> anyhow::Result<u8> {
             .into());
         }
     }
-    let client_auth = match read_secret(a.secret_file.as_deref(), a.secret_env.as_deref())? {
-        Some(secret) => ClientAuthConfig::ClientSecretBasic { secret },
-        None => ClientAuthConfig::Public,
-    };
+    let client_auth = a.secret.client_auth()?;
     let mut cfg = AuthConfig::new(
         stored.fhir_base.clone(),
         stored.client_id.clone(),
@@ -466,13 +489,7 @@ async fn revoke(a: RevokeArgs) -> anyhow::Result<u8> {
     cfg.flow = AuthFlow::AppLaunch;
     cfg.token_endpoint = Some(stored.token_endpoint.clone());
     cfg.refresh_token_path = Some(token_file.clone());
-    let audit = open_audit(
-        &a.state,
-        AuditScope {
-            source: a.source.clone(),
-            ..AuditScope::default()
-        },
-    )?;
+    let audit = a.audit.open()?;
     let http = HttpConfig::default()
         .build()
         .context("cannot build the HTTP client")?;
