@@ -6,6 +6,8 @@
 #
 #   bash scripts/fuzz.sh                 # all targets, 20 s each
 #   SECONDS_PER_TARGET=600 bash scripts/fuzz.sh fhirpath view_definition
+#   RUNS_PER_TARGET=200000 FUZZ_SEED=1 bash scripts/fuzz.sh  # what CI runs: a fixed number
+#                                        # of inputs from a fixed seed, so a rerun is the same run
 #
 # Needs a nightly toolchain (cargo fuzz builds with -Zsanitizer) and cargo-fuzz; both are
 # installed when missing. RSS is capped at 2 GiB per target and each input at 1 MiB.
@@ -13,6 +15,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 secs="${SECONDS_PER_TARGET:-20}"
+runs="${RUNS_PER_TARGET:-}"
+if [ -n "$runs" ]; then
+  budget=(-runs="$runs" -seed="${FUZZ_SEED:-1}")
+  what="$runs inputs (seed ${FUZZ_SEED:-1})"
+else
+  budget=(-max_total_time="$secs")
+  what="${secs}s"
+fi
 
 rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
@@ -28,10 +38,10 @@ trap 'rm -rf "$scratch"' EXIT
 for t in "${targets[@]}"; do
   mkdir -p "$scratch/$t"
   cp -r "seeds/$t/." "$scratch/$t/" 2>/dev/null || true
-  echo "fuzz: $t for ${secs}s"
+  echo "fuzz: $t for $what"
   rc=0
   cargo +nightly fuzz run -O "$t" "$scratch/$t" -- \
-    -max_total_time="$secs" -rss_limit_mb=2048 -max_len=1048576 -timeout=10 \
+    "${budget[@]}" -rss_limit_mb=2048 -max_len=1048576 -timeout=10 \
     -print_final_stats=1 >"$scratch/$t.log" 2>&1 || rc=$?
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done)' "$scratch/$t.log" || true
   if [ "$rc" -ne 0 ]; then
@@ -40,4 +50,4 @@ for t in "${targets[@]}"; do
     exit 1
   fi
 done
-echo "fuzz: ${#targets[@]} targets, ${secs}s each, no crash"
+echo "fuzz: ${#targets[@]} targets, $what each, no crash"
