@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -27,36 +27,17 @@ async fn setup(faults: &str, patients: usize) -> Setup {
     .await
 }
 
-impl Setup {
-    fn lake(&self) -> PathBuf {
-        self.dir.path().join("lake")
-    }
+trait E2eArgs {
+    fn args(&self, extra: &[&str]) -> Vec<String>;
+}
 
+impl E2eArgs for Setup {
     fn args(&self, extra: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "export",
-            "--fhir-url",
-            &self.sb.base_url(),
-            "--client-id",
-            "fhirhose-e2e",
-            "--key-file",
-            self.key.to_str().unwrap(),
-            "--lake",
-            self.lake().to_str().unwrap(),
-            "--state",
-            self.dir.path().join("state/state.db").to_str().unwrap(),
-            "--source",
-            "sandbox",
-            "--report-json",
-            self.dir.path().join("report.json").to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
+        self.export_args("sandbox", extra)
     }
+}
 
+impl Setup {
     fn report(&self) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.dir.path().join("report.json")).unwrap())
             .unwrap()

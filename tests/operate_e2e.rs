@@ -8,7 +8,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -30,44 +30,25 @@ async fn setup(faults: &str, export_polls: u32) -> Setup {
     .await
 }
 
-impl Setup {
-    fn state(&self) -> PathBuf {
-        self.dir.path().join("state/state.db")
-    }
+trait OpsArgs {
+    fn args(&self, extra: &[&str]) -> Vec<String>;
+}
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
+impl OpsArgs for Setup {
     fn args(&self, extra: &[&str]) -> Vec<String> {
-        let mut v: Vec<String> = [
-            "export",
-            "--fhir-url",
-            &self.sb.base_url(),
-            "--client-id",
-            "fhirhose-ops",
-            "--key-file",
-            self.key.to_str().unwrap(),
-            "--lake",
-            self.path("lake").to_str().unwrap(),
-            "--state",
-            self.state().to_str().unwrap(),
-            "--source",
-            "ops-sandbox",
+        let summary = self.path("summary.json");
+        let mut v = vec![
             "--profile",
             "generic",
-            "--report-json",
-            self.path("report.json").to_str().unwrap(),
             "--summary-json",
-            self.path("summary.json").to_str().unwrap(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        v.extend(extra.iter().map(|s| s.to_string()));
-        v
+            summary.to_str().unwrap(),
+        ];
+        v.extend_from_slice(extra);
+        self.export_args("ops-sandbox", &v)
     }
+}
 
+impl Setup {
     fn json(&self, name: &str) -> serde_json::Value {
         serde_json::from_slice(&std::fs::read(self.path(name)).unwrap()).unwrap()
     }

@@ -230,6 +230,52 @@ pub struct Setup {
     pub sb: fhirhose_sandbox::RunningSandbox,
     pub dir: tempfile::TempDir,
     pub key: PathBuf,
+    pub client_id: String,
+}
+
+#[allow(dead_code)]
+impl Setup {
+    /// `<dir>/name`.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The lake of [`Setup::export_args`].
+    pub fn lake(&self) -> PathBuf {
+        self.path("lake")
+    }
+
+    /// The state database of [`Setup::export_args`].
+    pub fn state(&self) -> PathBuf {
+        self.path("state/state.db")
+    }
+
+    /// `fhirhose export` against the sandbox with this client's key, into [`Setup::lake`] and
+    /// [`Setup::state`] for `source`, with the job report at `<dir>/report.json`; then `extra`.
+    pub fn export_args(&self, source: &str, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = [
+            "export",
+            "--fhir-url",
+            &self.sb.base_url(),
+            "--client-id",
+            &self.client_id,
+            "--key-file",
+            self.key.to_str().unwrap(),
+            "--lake",
+            self.lake().to_str().unwrap(),
+            "--state",
+            self.state().to_str().unwrap(),
+            "--source",
+            source,
+            "--report-json",
+            self.path("report.json").to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    }
 }
 
 /// Starts a sandbox with `cfg` and registers `client_id` with a fresh ES384 key.
@@ -243,5 +289,6 @@ pub async fn sandbox_with_client(cfg: fhirhose_sandbox::SandboxConfig, client_id
         sb,
         dir,
         key: keys.private_key_path,
+        client_id: client_id.to_owned(),
     }
 }
