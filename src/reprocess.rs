@@ -598,11 +598,11 @@ impl ObjectJob {
 /// Cuts row groups, largest first, until the buffered total fits the pipeline's budget.
 async fn enforce_budget(writers: &mut HashMap<usize, TableWriter>) -> anyhow::Result<()> {
     loop {
-        let total: usize = writers.values().map(TableWriter::in_progress_size).sum();
+        let total: usize = writers.values().map(TableWriter::buffered_bytes).sum();
         let largest = writers
             .values_mut()
-            .max_by_key(|w| w.in_progress_size())
-            .filter(|w| w.in_progress_size() > 0);
+            .max_by_key(|w| w.buffered_bytes())
+            .filter(|w| w.buffered_bytes() > 0);
         match largest {
             Some(w) if total > default_parquet_budget_bytes() => w.flush().await?,
             _ => return Ok(()),

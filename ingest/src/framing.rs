@@ -25,6 +25,9 @@ pub const fn default_max_line_bytes() -> usize {
     64 * 1024 * 1024
 }
 
+/// Room beyond the block target in a block's buffer: the partial line a block ends on.
+const BLOCK_SLACK: usize = 64 * 1024;
+
 /// Default target size of a block handed to one worker: big enough to amortise task overhead
 /// (about a thousand typical resources), small enough that two blocks per core stay cache- and
 /// memory-friendly.
@@ -133,7 +136,7 @@ impl Framer {
                 max_line_bytes: cfg.max_line_bytes.max(1),
                 block_bytes: cfg.block_bytes.max(1),
             },
-            buf: BytesMut::with_capacity(cfg.block_bytes.max(1) + 64 * 1024),
+            buf: BytesMut::with_capacity(cfg.block_bytes.max(1) + BLOCK_SLACK),
             buf_offset: 0,
             next_line: 1,
             skipping: None,
@@ -184,6 +187,14 @@ impl Framer {
             } else {
                 chunk.len()
             };
+            // After a block is split off, the partial line left behind shares the block's
+            // allocation and has almost no room: give it a whole block's worth at once, so the
+            // next block is one allocation, not a series of doublings and copies.
+            if self.buf.capacity() - self.buf.len() < take {
+                self.buf.reserve(
+                    take.max((self.cfg.block_bytes + BLOCK_SLACK).saturating_sub(self.buf.len())),
+                );
+            }
             self.buf.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
             self.drain(out, false);

@@ -36,6 +36,7 @@ use object_store::{path::Path, ObjectStore};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -72,6 +73,11 @@ pub const fn default_zstd_level() -> i32 {
     3
 }
 
+/// The column holding each resource's JSON (the `resources` table). Every value is distinct,
+/// so it is written without a dictionary: a dictionary would intern (copy and hash) up to
+/// 1 MiB of JSON per column chunk only to fall back to plain encoding.
+pub const RESOURCE_JSON_COLUMN: &str = "resource";
+
 /// Parquet writer settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ParquetConfig {
@@ -100,6 +106,7 @@ impl ParquetConfig {
                 ZstdLevel::try_new(self.zstd_level).unwrap_or_default(),
             ))
             .set_max_row_group_size(self.max_row_group_rows)
+            .set_column_dictionary_enabled(ColumnPath::from(RESOURCE_JSON_COLUMN), false)
             .set_created_by(concat!("fhirhose ", env!("CARGO_PKG_VERSION")).to_string())
             .build()
     }
@@ -296,7 +303,7 @@ async fn encode(
             .await
             .map_err(external)?;
             writer = w;
-            in_progress.store(writer.in_progress_size(), Ordering::Relaxed);
+            in_progress.store(writer.memory_size(), Ordering::Relaxed);
             res?;
         }
         // The sender is gone: close the file (footer), then store it.
@@ -379,8 +386,11 @@ impl TableWriter {
         self.send(Cmd::Write(batch.clone())).await
     }
 
-    /// Bytes buffered for the row group in progress, as of the last encoded batch.
-    pub fn in_progress_size(&self) -> usize {
+    /// Memory held by the row group in progress, as of the last encoded batch: parquet-rs'
+    /// `memory_size`, the encoded pages plus what is still unencoded (dictionary keys and
+    /// values). Budgets are enforced on this, not on the anticipated encoded size, which
+    /// leaves out the dictionary state and undercounts memory several times over.
+    pub fn buffered_bytes(&self) -> usize {
         self.in_progress.load(Ordering::Relaxed)
     }
 
@@ -472,6 +482,76 @@ mod tests {
         assert!(matches!(col.compression(), Compression::ZSTD(_)));
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 6);
+    }
+
+    /// The resource JSON column has no dictionary (every value is distinct); other string
+    /// columns keep theirs. `buffered_bytes` reports the row group's memory after a write and
+    /// nothing after a flush.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn resource_json_is_plain_encoded_and_buffered_bytes_track_the_row_group() {
+        use parquet::basic::Encoding;
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("resource_type", DataType::Utf8, false),
+            Field::new(RESOURCE_JSON_COLUMN, DataType::Utf8, false),
+        ]));
+        let key = Path::from("t/resources.parquet");
+        let mut w = TableWriter::create(
+            Arc::clone(&store),
+            key.clone(),
+            Arc::clone(&schema),
+            &ParquetConfig::default(),
+        )
+        .unwrap();
+        let json: Vec<String> = (0..2000)
+            .map(|i| format!(r#"{{"resourceType":"Patient","id":"p{i}"}}"#))
+            .collect();
+        let b = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(vec!["Patient"; 2000])),
+                Arc::new(StringArray::from(json.clone())),
+            ],
+        )
+        .unwrap();
+        w.write(&b).await.unwrap();
+        // The encoder reports after each batch; wait for it.
+        let mut waited = 0;
+        while w.buffered_bytes() == 0 && waited < 500 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            waited += 1;
+        }
+        assert!(w.buffered_bytes() > 0);
+        w.flush().await.unwrap();
+        assert_eq!(w.buffered_bytes(), 0);
+        w.write(&b).await.unwrap();
+        assert_eq!(w.close().await.unwrap(), 4000);
+
+        let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let md = reader.metadata().clone();
+        assert_eq!(md.num_row_groups(), 2);
+        for rg in md.row_groups() {
+            let dict = |c: usize| {
+                rg.column(c)
+                    .encodings()
+                    .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY))
+            };
+            assert!(dict(0), "resource_type should be dictionary-encoded");
+            assert!(
+                !dict(1),
+                "the resource JSON should not be dictionary-encoded"
+            );
+        }
+        let mut got = Vec::new();
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            let col = b.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+            got.extend(col.iter().map(|v| v.unwrap().to_string()));
+        }
+        assert_eq!(got.len(), 4000);
+        assert_eq!(got[..2000], json[..]);
+        assert_eq!(got[2000..], json[..]);
     }
 
     #[tokio::test]

@@ -57,12 +57,14 @@ pub use views::ViewSet;
 /// Read size from the (decompressed) input stream.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
-/// Bytes of Parquet row groups a file task may buffer across all its open tables before it
-/// cuts the largest one. A file that feeds many tables (an Observation file writes
-/// `resources`, `observation`, `observation_coding`, `observation_component`) then holds no
-/// more than this, whatever its size, which is what keeps peak memory flat.
+/// Memory of Parquet row groups in progress (see [`TableWriter::buffered_bytes`]) a file task
+/// may hold across all its open tables before it cuts the largest one. A file that feeds many
+/// tables (an Observation file writes `resources`, `observation`, `observation_coding`,
+/// `observation_component`) then holds no more than this, whatever its size, which is what
+/// bounds peak memory. 8 MiB of writer memory is about 4 MiB of encoded pages, still row
+/// groups of tens of thousands of rows for the large tables.
 pub const fn default_parquet_budget_bytes() -> usize {
-    16 * 1024 * 1024
+    8 * 1024 * 1024
 }
 
 /// How long to wait for a file's Kafka delivery reports once all its events are sent.
@@ -746,7 +748,7 @@ impl FileSinks<'_> {
                 .chain(self.deletions.iter_mut())
                 .chain(self.views.values_mut())
             {
-                let size = w.in_progress_size();
+                let size = w.buffered_bytes();
                 total += size;
                 if largest.as_ref().is_none_or(|(s, _)| size > *s) {
                     largest = Some((size, w));
@@ -833,7 +835,10 @@ async fn ingest_file_inner(
         );
     }
     let store = Arc::clone(&cfg.lake.store);
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Frame>(cfg.workers.max(1) * 2);
+    // Blocks queued ahead of the workers: one per worker (plus the sender's slot) keeps them
+    // busy, since reading and framing are much faster than parsing; more would only hold
+    // memory (a block is 1 MiB).
+    let (mut tx, rx) = futures::channel::mpsc::channel::<Frame>(cfg.workers.max(1));
     let display = input.display();
 
     let reader = async {
