@@ -13,7 +13,7 @@
 //! line: bytes, messages, failed deliveries, seconds (until every delivery report is back).
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
+
+#[path = "support/ndjson_files.rs"]
+mod ndjson_files;
+use ndjson_files::collect;
 
 struct Counter {
     acked: AtomicU64,
@@ -44,24 +48,6 @@ impl ProducerContext for Counter {
             self.failed.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            collect(&e, out)?;
-        }
-    } else {
-        let name = path.to_string_lossy();
-        if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") {
-            out.push(path.to_path_buf());
-        }
-    }
-    Ok(())
 }
 
 fn open(path: &Path) -> std::io::Result<BufReader<Box<dyn Read>>> {

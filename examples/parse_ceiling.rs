@@ -15,12 +15,16 @@
 //! ratio. Prints one JSON line: bytes, lines, parse errors, seconds.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Instant;
 
 use fhirhose_ingest::framing::{Block, Frame, Framer, FramerConfig};
+
+#[path = "support/ndjson_files.rs"]
+mod ndjson_files;
+use ndjson_files::collect;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Parser {
@@ -28,24 +32,6 @@ enum Parser {
     Borrowed,
     SerdeValue,
     SerdeIgnored,
-}
-
-fn collect(path: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    if path.is_dir() {
-        let mut entries: Vec<_> = std::fs::read_dir(path)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            collect(&e, out)?;
-        }
-    } else {
-        let name = path.to_string_lossy();
-        if name.ends_with(".ndjson") || name.ends_with(".ndjson.gz") {
-            out.push(path.to_path_buf());
-        }
-    }
-    Ok(())
 }
 
 fn open(path: &Path) -> std::io::Result<Box<dyn Read + Send>> {

@@ -27,30 +27,11 @@ use serde_json::Value;
 const APP: &str = "fhirhose-app";
 const APP_SCOPES: &str = "launch/patient openid fhirUser offline_access patient/*.read";
 
-/// Runs the binary at trace level off the async runtime (the sandbox lives on it).
+/// Runs the binary at trace level, so that the log checks see everything it could log.
 async fn fhirhose(args: Vec<String>, cwd: &Path) -> Output {
-    let cwd = cwd.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut full = vec!["--log-level".to_owned(), "trace".to_owned()];
-        full.extend(args.iter().cloned());
-        let out = Command::new(BIN)
-            .args(&full)
-            .current_dir(&cwd)
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run fhirhose");
-        eprintln!(
-            "fhirhose {:?} -> {:?}\n--- stdout\n{}\n--- stderr (tail)\n{}",
-            &args[..args.len().min(2)],
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            tail(&String::from_utf8_lossy(&out.stderr), 30)
-        );
-        out
-    })
-    .await
-    .unwrap()
+    let mut full = vec!["--log-level".to_owned(), "trace".to_owned()];
+    full.extend(args);
+    common::fhirhose_async(full, cwd).await
 }
 
 fn tail(s: &str, n: usize) -> String {

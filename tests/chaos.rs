@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use arrow_array::cast::AsArray;
@@ -128,28 +128,6 @@ fn spawn(args: &[String], cwd: &Path) -> Child {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn fhirhose")
-}
-
-async fn run(args: Vec<String>, cwd: &Path) -> Output {
-    let cwd = cwd.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN)
-            .args(&args)
-            .current_dir(&cwd)
-            .env("FHIRHOSE_LOG_LEVEL", "warn")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .output()
-            .expect("run fhirhose");
-        eprintln!(
-            "fhirhose {} -> {:?}\n--- stderr\n{}",
-            args[0],
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    })
-    .await
-    .unwrap()
 }
 
 /// Where the kill lands. The sandbox's request log tells when a phase began; the processing
@@ -357,7 +335,7 @@ async fn sigkill_at_random_points_of_an_export_loses_and_duplicates_nothing() {
 
     // The reference: a clean run (no faults, no kills) over the same data.
     let clean = sandbox(patients, &tiny, "chaos", keys.jwks.clone()).await;
-    let out = run(
+    let out = common::fhirhose_async(
         export_args(&clean, dir.path(), &key, "clean", &[]),
         dir.path(),
     )
@@ -409,7 +387,7 @@ async fn sigkill_at_random_points_of_an_export_loses_and_duplicates_nothing() {
         if finished {
             break;
         }
-        let out = run(args.clone(), dir.path()).await;
+        let out = common::fhirhose_async(args.clone(), dir.path()).await;
         if out.status.code() == Some(0) {
             finished = true;
             break;
@@ -564,7 +542,7 @@ async fn sigkill_mid_kafka_then_resume_skips_the_acknowledged_lines() {
     assert!(wm >= seen && wm < N as u64, "watermark {wm} of {N}");
     drop(st);
 
-    let out = run(args.clone(), dir.path()).await;
+    let out = common::fhirhose_async(args.clone(), dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let summary = common::summary(&dir.path().join("summary.json"));
     assert_eq!(

@@ -5,8 +5,7 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::Setup;
@@ -79,34 +78,10 @@ impl Setup {
     }
 }
 
-/// Runs the binary off the async runtime (the sandbox lives on it).
-async fn fhirhose(args: Vec<String>, cwd: &Path) -> Output {
-    let cwd = cwd.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(BIN)
-            .args(&args)
-            .current_dir(&cwd)
-            .env("FHIRHOSE_LOG_LEVEL", "warn")
-            .env("NO_PROXY", "127.0.0.1,localhost")
-            .output()
-            .expect("run fhirhose");
-        eprintln!(
-            "fhirhose {:?} -> {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            &args[..1],
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    })
-    .await
-    .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn export_lands_every_resource_and_since_auto_is_incremental() {
     let s = setup("", 6).await;
-    let out = fhirhose(s.args(&["--since", "auto"]), s.dir.path()).await;
+    let out = common::fhirhose_async(s.args(&["--since", "auto"]), s.dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let (rows, raw, unique) = s.lake_counts().await;
     assert_eq!(
@@ -128,14 +103,14 @@ async fn export_lands_every_resource_and_since_auto_is_incremental() {
     // Second run with --since auto: only what changed since the recorded transactionTime.
     tokio::time::sleep(Duration::from_millis(5)).await;
     s.sb.touch_resources("Condition", 2);
-    let out = fhirhose(s.args(&["--since", "auto"]), s.dir.path()).await;
+    let out = common::fhirhose_async(s.args(&["--since", "auto"]), s.dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let report2 = s.report();
     assert_eq!(report2["since"], report["transaction_time"]);
     assert_eq!(report2["output"]["Condition"]["lines"], 2);
 
     // --list-jobs shows both jobs, done.
-    let list = fhirhose(
+    let list = common::fhirhose_async(
         vec![
             "export".into(),
             "--list-jobs".into(),
@@ -157,7 +132,7 @@ async fn export_with_faults_on_equals_the_sandbox() {
         4,
     )
     .await;
-    let out = fhirhose(s.args(&["--profile", "generic"]), s.dir.path()).await;
+    let out = common::fhirhose_async(s.args(&["--profile", "generic"]), s.dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let (rows, raw, unique) = s.lake_counts().await;
     assert_eq!(rows, s.expected());
@@ -200,13 +175,13 @@ async fn export_with_faults_on_equals_the_sandbox() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_files_make_the_job_partial_and_resume_fetches_only_those() {
     let s = setup("404=first:2@file,tiny-files=10", 3).await;
-    let out = fhirhose(s.args(&[]), s.dir.path()).await;
+    let out = common::fhirhose_async(s.args(&[]), s.dir.path()).await;
     assert_eq!(out.status.code(), Some(4));
     assert_eq!(s.report()["state"], "partial");
     assert_eq!(s.report()["files_failed"], 2);
     s.sb.set_faults("tiny-files=10".parse().unwrap());
     s.sb.clear_request_log();
-    let out = fhirhose(s.args(&["--resume"]), s.dir.path()).await;
+    let out = common::fhirhose_async(s.args(&["--resume"]), s.dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let report = s.report();
     assert_eq!(report["state"], "done");
@@ -259,7 +234,7 @@ async fn kill_9_mid_download_then_rerun_reattaches_without_duplicates() {
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(s.kickoffs(), 1);
-    let out = fhirhose(s.args(&[]), s.dir.path()).await;
+    let out = common::fhirhose_async(s.args(&[]), s.dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let report = s.report();
     assert_eq!(report["reattached"], true);
@@ -287,7 +262,7 @@ async fn fetch_pages_a_search_into_the_lake() {
         "--param".into(),
         "_count=3".into(),
     ]);
-    let out = fhirhose(args, s.dir.path()).await;
+    let out = common::fhirhose_async(args, s.dir.path()).await;
     assert_eq!(out.status.code(), Some(0));
     let store = local_store(&s.lake());
     let (rows, _) = resource_rows(&store).await;
@@ -302,7 +277,7 @@ async fn fetch_pages_a_search_into_the_lake() {
 async fn usage_errors_and_secrets_from_the_environment() {
     let s = setup("", 1).await;
     // No FHIR URL.
-    let out = fhirhose(vec!["export".into()], s.dir.path()).await;
+    let out = common::fhirhose_async(vec!["export".into()], s.dir.path()).await;
     assert_eq!(out.status.code(), Some(2));
     // A client secret from a named environment variable; the config file names sources.
     s.sb.register_secret_client("conf", "from-env", "system/*.read");

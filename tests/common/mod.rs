@@ -52,12 +52,15 @@ pub fn unique(tag: &str) -> String {
     format!("{tag}{}", &uuid::Uuid::new_v4().simple().to_string()[..10])
 }
 
-/// Runs `fhirhose` with args in `cwd`.
+/// Runs `fhirhose` with args in `cwd` (log level `warn` unless the args say otherwise, no proxy
+/// for loopback servers) and prints what it wrote, for the test's failure output.
 pub fn fhirhose(cwd: &Path, args: &[&str]) -> Output {
     let out = Command::new(BIN)
         .args(args)
         .current_dir(cwd)
         .env("FHIRHOSE_LOG_LEVEL", "warn")
+        .env("NO_PROXY", "127.0.0.1,localhost")
+        .env_remove("RUST_LOG")
         .output()
         .expect("run fhirhose");
     eprintln!(
@@ -67,6 +70,17 @@ pub fn fhirhose(cwd: &Path, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+/// [`fhirhose`] off the async runtime, for tests whose sandbox server lives on it.
+pub async fn fhirhose_async(args: Vec<String>, cwd: &Path) -> Output {
+    let cwd = cwd.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fhirhose(&cwd, &args)
+    })
+    .await
+    .expect("fhirhose task")
 }
 
 /// The corpus' own description: file → (type, lines, sha256 of the decompressed bytes).
