@@ -570,23 +570,25 @@ impl ObjectJob {
             let mut ws: Vec<_> = writers.into_iter().collect();
             ws.sort_by_key(|(i, _)| *i);
             for (idx, w) in ws {
-                let key = w.key().clone();
-                let rows = w.close().await?;
-                let bytes = self
-                    .store
-                    .head(&key)
-                    .await
-                    .with_context(|| format!("{key} cannot be read back"))?
-                    .size;
-                out.files.push((
-                    idx,
-                    TableFile {
-                        key: key.to_string(),
-                        rows,
-                        bytes,
-                        raw_key: Some(obj.key.clone()),
-                    },
-                ));
+                let parts = w.parts();
+                w.close().await?;
+                for (key, rows) in parts {
+                    let bytes = self
+                        .store
+                        .head(&key)
+                        .await
+                        .with_context(|| format!("{key} cannot be read back"))?
+                        .size;
+                    out.files.push((
+                        idx,
+                        TableFile {
+                            key: key.to_string(),
+                            rows,
+                            bytes,
+                            raw_key: Some(obj.key.clone()),
+                        },
+                    ));
+                }
             }
             Ok::<_, anyhow::Error>(out)
         };

@@ -18,9 +18,10 @@
 //! at or below the file's checkpointed ack watermark ([`watermark`]), which a resumed attempt
 //! skips.
 //!
-//! Memory is bounded per file by `workers × 2` blocks in flight, the framer's buffer, the
-//! Parquet row-group limit per open table and librdkafka's queue limit; none grows with the
-//! size of a file or of the run.
+//! Memory is bounded per file by about `workers × 2 + 1` blocks in flight (queued, being
+//! parsed, being framed), the raw writer's buffer, the Parquet budget across the file's open
+//! tables ([`default_parquet_budget_bytes`], counted as the writers' memory, dictionaries
+//! included) and librdkafka's queue limit; none grows with the size of a file or of the run.
 
 pub(crate) mod block;
 mod resource_types;
@@ -765,7 +766,9 @@ impl FileSinks<'_> {
 
     async fn finish(mut self) -> Result<FileReport, FileError> {
         if let Some(w) = self.deletions.take() {
-            self.report.parquet_keys.push(w.key().to_string());
+            self.report
+                .parquet_keys
+                .extend(w.part_keys().iter().map(ToString::to_string));
             let rows = w.close().await?;
             *self
                 .report
@@ -774,7 +777,9 @@ impl FileSinks<'_> {
                 .or_default() += rows;
         }
         if let Some(w) = self.resources.take() {
-            self.report.parquet_keys.push(w.key().to_string());
+            self.report
+                .parquet_keys
+                .extend(w.part_keys().iter().map(ToString::to_string));
             let rows = w.close().await?;
             *self
                 .report
@@ -785,7 +790,9 @@ impl FileSinks<'_> {
         let mut views: Vec<_> = self.views.drain().collect();
         views.sort_by_key(|(i, _)| *i);
         for (idx, w) in views {
-            self.report.parquet_keys.push(w.key().to_string());
+            self.report
+                .parquet_keys
+                .extend(w.part_keys().iter().map(ToString::to_string));
             let rows = w.close().await?;
             let (name, _, _) = self.cfg.views.table(idx);
             *self

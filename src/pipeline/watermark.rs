@@ -77,9 +77,13 @@ impl AckWatermark {
     }
 
     /// Every event of the lines `..=last_line` has been handed to the producer.
+    /// Settled blocks are dropped here as well as in [`Self::due`], so the queue holds only
+    /// the blocks still in flight even when nothing checkpoints (a run without Kafka sends
+    /// nothing, and its blocks would otherwise pile up for the length of the file).
     pub(crate) fn block_sent(&mut self, last_line: u64) {
         let t = std::mem::replace(&mut self.current, DeliveryTracker::new());
         self.pending.push_back((last_line, t));
+        self.advance();
     }
 
     /// Moves the watermark over the settled prefix of blocks; stops at a failed delivery.
@@ -134,6 +138,16 @@ mod tests {
         assert_eq!(w.advance(), 40);
         assert_eq!(w.due(false), Some(40));
         assert_eq!(w.due(false), None);
+    }
+
+    #[test]
+    fn settled_blocks_do_not_pile_up_without_checkpoints() {
+        let mut w = AckWatermark::new(0, Duration::from_secs(3600));
+        for line in 1..=10_000 {
+            w.block_sent(line);
+        }
+        assert!(w.pending.is_empty(), "{} blocks kept", w.pending.len());
+        assert_eq!(w.acked_through, 10_000);
     }
 
     #[test]
