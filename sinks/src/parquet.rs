@@ -67,8 +67,14 @@ pub const SPILL_BYTES: usize = 1024 * 1024;
 /// default with 8 parts in flight would let a few concurrent closes hold hundreds of MB.
 pub(crate) const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
 
-/// Parts of one object uploaded at once.
-pub(crate) const UPLOAD_CONCURRENCY: usize = 2;
+/// Parts of one object uploaded at once. One: a part in flight while the next fills. With
+/// two, every large object being stored held three 5 MiB parts; heaptrack on a 10 GB run,
+/// where several tables roll over to new Parquet parts mid-file, found 54 MB of upload
+/// buffers at the peak.
+pub(crate) const UPLOAD_CONCURRENCY: usize = 1;
+
+/// Chunks read from a spool for its upload; the upload buffer gathers them into parts.
+const UPLOAD_READ_BYTES: usize = 1024 * 1024;
 
 /// Batches queued per writer before [`TableWriter::write`] waits for the encoder.
 pub const QUEUED_BATCHES: usize = 2;
@@ -271,8 +277,8 @@ impl Write for Spool {
 }
 
 /// Uploads a closed part from its spool: one PUT when small, else a multipart upload whose
-/// parts are read from the spool as they are sent (so at most `UPLOAD_CONCURRENCY + 1` parts
-/// are in memory).
+/// parts are read from the spool in 1 MiB chunks as they are sent (so at most
+/// `UPLOAD_CONCURRENCY + 1` parts and two chunks are in memory).
 async fn upload(
     store: Arc<dyn ObjectStore>,
     key: Path,
@@ -282,7 +288,7 @@ async fn upload(
         .with_max_concurrency(UPLOAD_CONCURRENCY);
     let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
     let reader = tokio::task::spawn_blocking(move || {
-        let res = spool.drain(UPLOAD_PART_BYTES, |chunk| {
+        let res = spool.drain(UPLOAD_READ_BYTES, |chunk| {
             tx.blocking_send(Ok(chunk)).is_ok()
         });
         if let Err(e) = res {
