@@ -135,6 +135,11 @@ pub struct IngestArgs {
     /// Input files, folders or URLs.
     #[arg(required = true)]
     pub inputs: Vec<String>,
+    /// Write the view tables only, like a DuckDB conversion of files you keep elsewhere: no
+    /// raw copy, no `resources` table, no Kafka events, no state (every file is processed).
+    /// Dead letters are still written; `_raw_key` and dead letters point to the input file.
+    #[arg(long)]
+    pub views_only: bool,
     /// Output options.
     #[command(flatten)]
     pub out: OutputArgs,
@@ -267,12 +272,26 @@ pub async fn build_config(
     out: &OutputArgs,
     kafka: Option<Arc<Publisher>>,
 ) -> anyhow::Result<IngestConfig> {
+    build_config_with(out, kafka, false).await
+}
+
+/// [`build_config`], or for a views-only run (`fhirhose ingest --views-only`): an in-memory
+/// state store (nothing is recorded, every file is processed) and no raw copy.
+async fn build_config_with(
+    out: &OutputArgs,
+    kafka: Option<Arc<Publisher>>,
+    views_only: bool,
+) -> anyhow::Result<IngestConfig> {
     if out.max_line_bytes == 0 {
         return Err(UsageError("--max-line-bytes must be at least 1".into()).into());
     }
     let lake = Lake::open(&out.lake).map_err(|e| UsageError(format!("{e:#}")))?;
     lake.check_writable().await?;
-    let state = StateStore::open(&out.state)?;
+    let state = if views_only {
+        StateStore::in_memory()?
+    } else {
+        StateStore::open(&out.state)?
+    };
     let workers = out
         .workers
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
@@ -291,9 +310,10 @@ pub async fn build_config(
         workers: workers.max(1),
         views: Arc::new(load_views(out)?),
         delivery_timeout: pipeline::default_delivery_timeout(),
-        force: out.force,
+        force: out.force || views_only,
         raw_inline_bytes: out.raw_inline_bytes,
         lineage: pipeline::RunLineage::default(),
+        views_only,
     })
 }
 
@@ -373,8 +393,31 @@ pub async fn run_and_record(
 
 async fn ingest(a: IngestArgs) -> anyhow::Result<u8> {
     let _observe = crate::observe::Session::start(&a.out.source, &a.out.observe).await?;
-    let kafka = connect_kafka(&a.out).await?;
-    let cfg = build_config(&a.out, kafka).await?;
+    if a.views_only {
+        if a.out
+            .kafka_brokers
+            .as_deref()
+            .is_some_and(|b| !b.trim().is_empty())
+        {
+            return Err(UsageError(
+                "--views-only publishes no events: drop --kafka-brokers (or unset FHIRHOSE_KAFKA_BROKERS)"
+                    .into(),
+            )
+            .into());
+        }
+        if a.out.no_canonical_views && a.out.views.is_none() {
+            return Err(UsageError(
+                "--views-only with --no-canonical-views and no --views writes nothing".into(),
+            )
+            .into());
+        }
+    }
+    let kafka = if a.views_only {
+        None
+    } else {
+        connect_kafka(&a.out).await?
+    };
+    let cfg = build_config_with(&a.out, kafka, a.views_only).await?;
     let files = resolve_inputs(&a.inputs, &cfg.lake).await?;
     let summary = run_and_record(cfg, files, "ingest").await?;
     finish(&summary, a.out.summary_json.as_deref(), a.out.strict)

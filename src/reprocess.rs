@@ -500,6 +500,9 @@ impl ObjectJob {
             ingested_at_us: obj.meta.last_modified.timestamp_micros(),
             max_line_bytes: self.framer.max_line_bytes,
             views: Arc::clone(&self.views),
+            // Reprocess rebuilds views only; the `resources` table is left as it is.
+            resources_table: false,
+            events: false,
         });
         let part = part_name(&obj.key);
         let (mut tx, rx) = futures::channel::mpsc::channel::<Frame>(self.workers * 2);

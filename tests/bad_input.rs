@@ -271,3 +271,64 @@ async fn clock_skew_at_the_token_endpoint_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(0));
     e.sb.shutdown().await;
 }
+
+/// `ingest --views-only` (the benchmark's "normalize only"): view tables and dead letters,
+/// nothing else — no raw copy, no `resources` table, no manifest, no state database — and
+/// lineage that points to the input file itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_only_writes_view_tables_and_dead_letters_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("Patient.ndjson");
+    let mut f = std::fs::File::create(&input).unwrap();
+    writeln!(f, "{}", patient("p1", "1")).unwrap();
+    writeln!(f, "{{not json").unwrap();
+    writeln!(f, "{}", patient("p2", "1")).unwrap();
+    drop(f);
+    let lake = dir.path().join("lake");
+    let summary = dir.path().join("summary.json");
+    let args = [
+        "ingest",
+        "--views-only",
+        input.to_str().unwrap(),
+        "--lake",
+        lake.to_str().unwrap(),
+        "--summary-json",
+        summary.to_str().unwrap(),
+    ];
+    for run in 0..2 {
+        let out = common::fhirhose(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(0));
+        let s = common::summary(&summary);
+        // No state: a second run processes the file again (and rewrites the same parts).
+        assert_eq!(s["files_done"], 1, "run {run}");
+        assert_eq!(s["resources"], 2);
+        assert_eq!(s["dead_letters_by_reason"]["invalid_json"], 1);
+    }
+    let store = local_store(&lake);
+    let keys: Vec<String> = objects(&store, "").await.into_keys().collect();
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("tables/patient") || k.starts_with("deadletter/")),
+        "only view tables and dead letters: {keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.starts_with("deadletter/")));
+    assert!(!dir.path().join(".fhirhose").exists(), "no state database");
+    let mut ids = Vec::new();
+    for b in table(&store, "patient/").await {
+        let id = b.column_by_name("id").unwrap().as_string::<i32>();
+        let raw = b.column_by_name("_raw_key").unwrap().as_string::<i32>();
+        for i in 0..b.num_rows() {
+            ids.push(id.value(i).to_string());
+            assert_eq!(raw.value(i), input.display().to_string());
+        }
+    }
+    ids.sort();
+    assert_eq!(ids, ["p1", "p2"]);
+
+    // Kafka settings conflict with a views-only run: a usage error that names them.
+    let mut with_kafka = args.to_vec();
+    with_kafka.extend(["--kafka-brokers", "127.0.0.1:9"]);
+    let out = common::fhirhose(dir.path(), &with_kafka);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--views-only publishes no events"));
+}

@@ -333,6 +333,7 @@ fn config(store: Arc<dyn ObjectStore>, state: Arc<StateStore>) -> Arc<IngestConf
         force: false,
         raw_inline_bytes: 256 * 1024,
         lineage: Default::default(),
+        views_only: false,
     })
 }
 

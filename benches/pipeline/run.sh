@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The pipeline benchmark of issue 8 (README: "Benchmarks"). In one run, on the same NDJSON
 # corpus, it measures wall time, peak RSS and CPU% (/usr/bin/time -v) of:
-#   1. fhirhose normalize only: `fhirhose ingest` without a broker into a temporary lake
-#      (raw + resources + all 25 canonical views → zstd Parquet);
+#   1. fhirhose normalize only: `fhirhose ingest --views-only` into a temporary lake (all 25
+#      canonical views → zstd Parquet, the issue's "NDJSON → all canonical views → Parquet");
+#      and, for reference, `fhirhose ingest` without a broker (raw copy + `resources` table +
+#      the 25 views);
 #   2. fhirhose full pipeline: the same plus Kafka events to a real broker (tansu);
 #   3. DuckDB doing the same flattening: read_ndjson + hand-written SQL for each canonical
 #      view (duckdb/<view>.sql) + COPY TO parquet (zstd), 2 threads; row counts per view are
@@ -127,8 +129,11 @@ warm "$CORPUS"
 measure parse_tape "$BIN/examples/parse_ceiling" --parser tape "$CORPUS"
 measure parse_serde_value "$BIN/examples/parse_ceiling" --parser serde-value "$CORPUS"
 measure parse_serde_ignored "$BIN/examples/parse_ceiling" --parser serde-ignored "$CORPUS"
-measure normalize env -u FHIRHOSE_KAFKA_BROKERS "$FHIRHOSE" ingest --lake "$WORK/lake-normalize" \
-  --state "$WORK/state-normalize.db" --summary-json "$WORK/normalize.summary.json" --log-level warn "$CORPUS"
+measure normalize env -u FHIRHOSE_KAFKA_BROKERS "$FHIRHOSE" ingest --views-only --lake "$WORK/lake-normalize" \
+  --summary-json "$WORK/normalize.summary.json" --log-level warn "$CORPUS"
+measure ingest env -u FHIRHOSE_KAFKA_BROKERS "$FHIRHOSE" ingest --lake "$WORK/lake-ingest" \
+  --state "$WORK/state-ingest.db" --summary-json "$WORK/ingest.summary.json" --log-level warn "$CORPUS"
+rm -rf "$WORK/lake-ingest"
 measure duckdb python3 benches/pipeline/duckdb_views.py --input "$CORPUS" --out "$WORK/duckdb" \
   --threads 2 --counts "$WORK/duckdb.counts.json"
 measure bare_producer "$BIN/examples/bare_producer" --brokers "$BROKERS" \
@@ -142,8 +147,8 @@ LINEARITY=""
 if [ "$SCALE" != 1 ]; then
   BIG=$(gen_corpus $((PATIENTS * SCALE)))
   warm "$BIG"
-  measure normalize_x$SCALE env -u FHIRHOSE_KAFKA_BROKERS "$FHIRHOSE" ingest --lake "$WORK/lake-x$SCALE" \
-    --state "$WORK/state-x$SCALE.db" --summary-json "$WORK/normalize_x$SCALE.summary.json" --log-level warn "$BIG"
+  measure normalize_x$SCALE env -u FHIRHOSE_KAFKA_BROKERS "$FHIRHOSE" ingest --views-only --lake "$WORK/lake-x$SCALE" \
+    --summary-json "$WORK/normalize_x$SCALE.summary.json" --log-level warn "$BIG"
   rm -rf "$WORK/lake-x$SCALE"
   LINEARITY="--scale $SCALE"
 fi

@@ -22,7 +22,7 @@ use fhirhose_sinks::deadletter::{DeadLetter, Reason};
 use simd_json::prelude::*;
 use simd_json::BorrowedValue;
 
-use super::resource_types::is_resource_type;
+use super::resource_types::resource_type;
 
 use super::views::{ViewOutputs, ViewSet};
 
@@ -40,18 +40,22 @@ pub(crate) struct FileCtx {
     pub ingested_at_us: i64,
     pub max_line_bytes: usize,
     pub views: Arc<ViewSet>,
+    /// Build the `resources` table's rows (off for views-only runs and reprocess).
+    pub resources_table: bool,
+    /// Events will be published: keep each resource's id and `meta.lastUpdated` for them.
+    pub events: bool,
 }
 
-/// One resource to publish, pointing into the block's bytes.
+/// One resource that landed, pointing into the block's bytes; `id` and `last_updated` are
+/// filled only when events are published ([`FileCtx::events`]).
 #[derive(Debug)]
 pub(crate) struct EventRec {
     pub line: u64,
     pub start: usize,
     pub len: usize,
-    pub resource_type: String,
+    pub resource_type: &'static str,
     pub id: String,
     pub last_updated: Option<String>,
-    pub ce_id: String,
 }
 
 /// A deletion from a Bulk Data `deleted` file.
@@ -188,6 +192,17 @@ pub(crate) fn ce_id(raw_key: &str, line: u64) -> String {
 }
 
 fn json_depth_exceeds(line: &[u8], max: usize) -> bool {
+    // Fast path: a line with at most `max` opening brackets cannot nest deeper than `max`.
+    // The count is a branch-free loop the compiler vectorises, and almost every FHIR line
+    // takes this path; only lines with many brackets pay for the exact scan below.
+    let opens: usize = line
+        .iter()
+        .map(|&b| usize::from(b == b'{') + usize::from(b == b'['))
+        .sum();
+    opens > max && json_depth_exceeds_exact(line, max)
+}
+
+fn json_depth_exceeds_exact(line: &[u8], max: usize) -> bool {
     // Brackets inside strings count too, which only makes the check stricter than needed
     // for strings full of brackets; it never lets a deep document through.
     let mut depth = 0usize;
@@ -245,7 +260,9 @@ pub(crate) fn process_oversize(ctx: &FileCtx, o: &Oversize) -> BlockOut {
 pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
     let data = block.data.clone();
     let approx_rows = data.len() / 700 + 1;
-    let mut rb = ResourcesBuilder::new(approx_rows, data.len());
+    let mut rb = ctx
+        .resources_table
+        .then(|| ResourcesBuilder::new(approx_rows, data.len()));
     let mut views = ctx.views.builders();
     let mut out = BlockOut {
         data: data.clone(),
@@ -381,7 +398,7 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
             let Some(rtype) = obj
                 .get("resourceType")
                 .and_then(|v| v.as_str())
-                .filter(|s| is_resource_type(s))
+                .and_then(resource_type)
             else {
                 out.dead.push(dead(
                     Reason::MissingResourceType,
@@ -400,30 +417,35 @@ pub(crate) fn process_block(ctx: &FileCtx, block: Block) -> BlockOut {
             let meta = obj.get("meta");
             let version_id = meta.and_then(|m| m.get_str("versionId"));
             let last_updated = meta.and_then(|m| m.get_str("lastUpdated"));
-            rb.resource_type.append_value(rtype);
-            rb.id.append_value(id);
-            rb.version_id.append_option(version_id);
-            rb.last_updated
-                .append_option(last_updated.and_then(parse_instant_us));
-            rb.resource.append_value(text);
-            rb.raw_key.append_value(&*ctx.raw_key);
-            rb.line.append_value(line_no as i64);
-            rb.run_id.append_value(&*ctx.run_id);
-            rb.ingested_at.append_value(ctx.ingested_at_us);
+            if let Some(rb) = rb.as_mut() {
+                rb.resource_type.append_value(rtype);
+                rb.id.append_value(id);
+                rb.version_id.append_option(version_id);
+                rb.last_updated
+                    .append_option(last_updated.and_then(parse_instant_us));
+                rb.resource.append_value(text);
+                rb.raw_key.append_value(&*ctx.raw_key);
+                rb.line.append_value(line_no as i64);
+                rb.run_id.append_value(&*ctx.run_id);
+                rb.ingested_at.append_value(ctx.ingested_at_us);
+            }
             views.append(rtype, &value, &ctx.raw_key, line_no);
             out.events.push(EventRec {
                 line: line_no,
                 start,
                 len: line.len(),
-                resource_type: rtype.to_string(),
-                id: id.to_string(),
-                last_updated: last_updated.map(str::to_string),
-                ce_id: ce_id(&ctx.raw_key, line_no),
+                resource_type: rtype,
+                id: if ctx.events {
+                    id.to_string()
+                } else {
+                    String::new()
+                },
+                last_updated: last_updated.filter(|_| ctx.events).map(str::to_string),
             });
             drop::<BorrowedValue<'_>>(value);
         }
     });
-    out.resources = rb.finish();
+    out.resources = rb.and_then(ResourcesBuilder::finish);
     out.view_errors = views.errors;
     out.views = views.finish(&ctx.run_id, ctx.ingested_at_us);
     if !out.deletes.is_empty() {
@@ -474,7 +496,7 @@ fn deleted_entries<'v>(value: &'v BorrowedValue<'_>) -> Option<Vec<(&'v str, &'v
         let mut parts = path.rsplit('/');
         let id = parts.next()?;
         let t = parts.next()?;
-        if is_resource_type(t) && is_fhir_id(id) {
+        if resource_type(t).is_some() && is_fhir_id(id) {
             out.push((t, id));
         }
     }
@@ -504,6 +526,8 @@ mod tests {
             ingested_at_us: 0,
             max_line_bytes: 200,
             views: Arc::new(ViewSet::empty()),
+            resources_table: true,
+            events: true,
         }
     }
 
@@ -564,7 +588,7 @@ mod tests {
         assert_eq!(out.events[1].line, 9);
         let e = &out.events[0];
         assert_eq!(&out.data[e.start..e.start + e.len], &out.data[..e.len]);
-        assert_eq!(e.ce_id, ce_id("raw/x", 1));
+        assert_eq!(ce_id("raw/x", 1), ce_id("raw/x", 1));
         assert_ne!(ce_id("raw/x", 1), ce_id("raw/x", 2));
         // The dead letter keeps a pointer, and the bytes are still intact (not parsed in place).
         let d = &out.dead[0];
@@ -586,6 +610,8 @@ mod kind_tests {
             ingested_at_us: 0,
             max_line_bytes: 10_000,
             views: Arc::new(ViewSet::empty()),
+            resources_table: true,
+            events: true,
         }
     }
 
@@ -636,5 +662,26 @@ mod kind_tests {
             vec![("error".to_string(), 2), ("warning".to_string(), 1)]
         );
         assert!(out.resources.is_none());
+    }
+
+    #[test]
+    fn depth_guard_counts_nesting_not_brackets() {
+        let deep = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(!json_depth_exceeds(
+            deep(MAX_JSON_DEPTH).as_bytes(),
+            MAX_JSON_DEPTH
+        ));
+        assert!(json_depth_exceeds(
+            deep(MAX_JSON_DEPTH + 1).as_bytes(),
+            MAX_JSON_DEPTH
+        ));
+        // Many brackets, shallow: takes the exact scan and passes.
+        let wide = format!("{{\"a\":[{}{{}}]}}", "{},".repeat(3 * MAX_JSON_DEPTH));
+        assert!(!json_depth_exceeds(wide.as_bytes(), MAX_JSON_DEPTH));
+        // Brackets inside strings count (stricter, never laxer).
+        let mut nested = String::from("{\"s\":\"");
+        nested.push_str(&"{".repeat(MAX_JSON_DEPTH + 1));
+        nested.push_str("\"}");
+        assert!(json_depth_exceeds(nested.as_bytes(), MAX_JSON_DEPTH));
     }
 }

@@ -18,6 +18,10 @@
 //! at or below the file's checkpointed ack watermark ([`watermark`]), which a resumed attempt
 //! skips.
 //!
+//! A views-only run ([`IngestConfig::views_only`], `ingest --views-only`) keeps the same path
+//! minus the raw writer, the `resources` table and the state: nothing is recorded as done,
+//! so it is not resumable, and `_raw_key` and dead letters point to the input itself.
+//!
 //! Memory is bounded per file by about `2 × workers + 2` blocks in flight (queued, being
 //! parsed, being framed), the raw writer's buffer, the Parquet budget across the file's open
 //! tables ([`default_parquet_budget_bytes`], counted as the writers' memory, dictionaries
@@ -104,6 +108,9 @@ pub struct IngestConfig {
     pub raw_inline_bytes: usize,
     /// Authorization lineage written into the run manifest.
     pub lineage: RunLineage,
+    /// Write the view tables only: no raw copy, no `resources` table, no run manifest
+    /// (`fhirhose ingest --views-only`). `_raw_key` and dead letters then point to the input.
+    pub views_only: bool,
 }
 
 /// Which authorization a run's files were fetched under, written into
@@ -364,8 +371,9 @@ pub async fn run_ingest(cfg: Arc<IngestConfig>, inputs: Vec<InputFile>) -> RunSu
     } else {
         "partial".into()
     };
-    // A run that landed nothing (every file already done) leaves the lake untouched.
-    if s.files_done + s.files_failed == 0 {
+    // A run that landed nothing (every file already done) leaves the lake untouched, and a
+    // views-only run stored no raw object for a manifest to list.
+    if s.files_done + s.files_failed == 0 || cfg.views_only {
         return s;
     }
     if let Err(e) = write_manifest(&cfg, &s).await {
@@ -435,7 +443,10 @@ async fn write_manifest(cfg: &IngestConfig, s: &RunSummary) -> Result<(), object
 }
 
 async fn ingest_file(cfg: &IngestConfig, input: InputFile) -> FileReport {
-    let keys = FileKeys::for_input(&cfg.source, &input);
+    let mut keys = FileKeys::for_input(&cfg.source, &input);
+    if cfg.views_only {
+        keys.raw = input.display();
+    }
     let mut report = FileReport {
         input: input.display(),
         raw_key: keys.raw.clone(),
@@ -642,11 +653,14 @@ impl FileSinks<'_> {
                 .await?;
         }
         for ev in &out.events {
-            *self
-                .report
-                .resources_by_type
-                .entry(ev.resource_type.clone())
-                .or_default() += 1;
+            match self.report.resources_by_type.get_mut(ev.resource_type) {
+                Some(n) => *n += 1,
+                None => {
+                    self.report
+                        .resources_by_type
+                        .insert(ev.resource_type.to_string(), 1);
+                }
+            }
             self.report.resources += 1;
         }
         let run_id = self.cfg.run_id.clone();
@@ -656,10 +670,11 @@ impl FileSinks<'_> {
                     self.report.events_skipped += 1;
                     continue;
                 }
-                let topic = self.topic(&publisher, &ev.resource_type).await?;
+                let topic = self.topic(&publisher, ev.resource_type).await?;
                 let subject = format!("{}/{}", ev.resource_type, ev.id);
+                let ce_id = block::ce_id(&self.keys.raw, ev.line);
                 let meta = EventMeta {
-                    ce_id: &ev.ce_id,
+                    ce_id: &ce_id,
                     source: &self.source_uri,
                     ce_type: CE_TYPE_UPSERT,
                     subject: &subject,
@@ -850,19 +865,28 @@ async fn ingest_file_inner(
 
     let reader = async {
         let mut r = input.open().await?;
-        let mut raw = RawWriter::with_inline_limit(
-            Arc::clone(&store),
-            ObjectPath::from(keys.raw.clone()),
-            cfg.raw_inline_bytes,
-        );
+        // Views-only runs keep no raw copy: the input itself is what `_raw_key` points to.
+        let mut raw = (!cfg.views_only).then(|| {
+            RawWriter::with_inline_limit(
+                Arc::clone(&store),
+                ObjectPath::from(keys.raw.clone()),
+                cfg.raw_inline_bytes,
+            )
+        });
+        let abort = |raw: Option<RawWriter>| async move {
+            if let Some(raw) = raw {
+                raw.abort().await;
+            }
+        };
         let mut framer = Framer::new(cfg.framer);
         let mut buf = vec![0u8; READ_CHUNK_BYTES];
         let mut frames = Vec::new();
+        let mut bytes = 0u64;
         loop {
             let n = match r.read(&mut buf).await {
                 Ok(n) => n,
                 Err(source) => {
-                    raw.abort().await;
+                    abort(raw).await;
                     return Err(FileError::Read {
                         input: display.clone(),
                         source,
@@ -872,13 +896,16 @@ async fn ingest_file_inner(
             if n == 0 {
                 break;
             }
-            raw.write(&buf[..n]).await?;
+            if let Some(raw) = raw.as_mut() {
+                raw.write(&buf[..n]).await?;
+            }
+            bytes += n as u64;
             crate::observe::progress::add_bytes(n as u64);
             framer.push(&buf[..n], &mut frames);
             for f in frames.drain(..) {
                 if tx.send(f).await.is_err() {
                     // The consumer stopped: its error is the one to report.
-                    raw.abort().await;
+                    abort(raw).await;
                     return Err(FileError::Worker("consumer stopped".into()));
                 }
             }
@@ -886,12 +913,18 @@ async fn ingest_file_inner(
         framer.finish(&mut frames);
         for f in frames.drain(..) {
             if tx.send(f).await.is_err() {
-                raw.abort().await;
+                abort(raw).await;
                 return Err(FileError::Worker("consumer stopped".into()));
             }
         }
         drop(tx);
-        Ok::<_, FileError>(raw.finish().await?)
+        Ok::<_, FileError>(match raw {
+            Some(raw) => {
+                let o = raw.finish().await?;
+                (o.key, Some(o.sha256), o.bytes)
+            }
+            None => (keys.raw.clone(), None, bytes),
+        })
     };
 
     let ctx = Arc::new(FileCtx {
@@ -901,6 +934,8 @@ async fn ingest_file_inner(
         ingested_at_us: now_us(),
         max_line_bytes: cfg.framer.max_line_bytes,
         views: Arc::clone(&cfg.views),
+        resources_table: !cfg.views_only,
+        events: cfg.kafka.is_some(),
     });
     let consumer = async {
         let mut sinks = FileSinks {
@@ -946,23 +981,23 @@ async fn ingest_file_inner(
         sinks.finish().await
     };
 
-    let (raw, file_report) = tokio::try_join!(reader, consumer)?;
+    let ((raw_key, sha256, bytes), file_report) = tokio::try_join!(reader, consumer)?;
     let input_name = report.input.clone();
     *report = FileReport {
         input: input_name,
-        raw_key: raw.key.clone(),
-        sha256: Some(raw.sha256.clone()),
-        bytes: raw.bytes,
+        raw_key: raw_key.clone(),
+        sha256: sha256.clone(),
+        bytes,
         ..file_report
     };
     cfg.state.file_done(&FileRecord {
         lake: cfg.lake.url.clone(),
         fingerprint: input.fingerprint.clone(),
         input: input.display(),
-        raw_key: raw.key,
+        raw_key,
         status: FileStatus::Done,
-        sha256: Some(raw.sha256),
-        bytes: raw.bytes,
+        sha256,
+        bytes,
         lines: report.lines,
         resources: report.resources,
         dead_letters: report.dead_letters_by_reason.values().sum(),

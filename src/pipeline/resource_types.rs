@@ -188,9 +188,12 @@ const RESOURCE_TYPES: &[&str] = &[
     "VisionPrescription",
 ];
 
-/// Whether `s` is a FHIR resource type name.
-pub(crate) fn is_resource_type(s: &str) -> bool {
-    RESOURCE_TYPES.binary_search(&s).is_ok()
+/// The static name of resource type `s`, when it is one (no allocation per resource).
+pub(crate) fn resource_type(s: &str) -> Option<&'static str> {
+    RESOURCE_TYPES
+        .binary_search(&s)
+        .ok()
+        .map(|i| RESOURCE_TYPES[i])
 }
 
 #[cfg(test)]
@@ -207,7 +210,7 @@ mod tests {
             "VisionPrescription",
             "Transport",
         ] {
-            assert!(is_resource_type(t), "{t}");
+            assert_eq!(resource_type(t), Some(t), "{t}");
         }
         for t in [
             "",
@@ -217,7 +220,7 @@ mod tests {
             "DomainResource",
             "Resource",
         ] {
-            assert!(!is_resource_type(t), "{t}");
+            assert!(resource_type(t).is_none(), "{t}");
         }
     }
 }
