@@ -547,6 +547,94 @@ mod tests {
     use object_store::memory::InMemory;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
+    /// The vendored encoders reuse the dictionary key of a value equal to the one before it
+    /// and skip it in min/max (vendor/README.md): runs, alternations, nulls, `-0.0` after
+    /// `0.0` and distinct values must all read back exactly, with exact statistics.
+    #[tokio::test]
+    async fn runs_of_equal_values_round_trip_with_exact_statistics() {
+        use arrow_array::{Array, Float64Array};
+        use parquet::file::statistics::Statistics;
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("s", DataType::Utf8, true),
+            Field::new("n", DataType::Int64, true),
+            Field::new("f", DataType::Float64, true),
+        ]));
+        let s: Vec<Option<String>> = (0..3000)
+            .map(|i| match i % 300 {
+                0..=99 => Some("raw/local/ingest/0123456789abcdef/Observation.ndjson".into()),
+                100..=149 => None,
+                150..=199 => Some(if i % 2 == 0 { "b" } else { "bb" }.into()),
+                _ => Some(format!("v{}", i / 7)),
+            })
+            .collect();
+        let n: Vec<Option<i64>> = (0..3000)
+            .map(|i| (i % 11 != 0).then_some(i / 100 - 5))
+            .collect();
+        let f: Vec<Option<f64>> = (0..3000)
+            .map(|i| Some(if i % 4 < 2 { 0.0 } else { -0.0 }))
+            .collect();
+        let batch = RecordBatch::try_new(
+            Arc::clone(&schema),
+            vec![
+                Arc::new(StringArray::from(s.clone())),
+                Arc::new(Int64Array::from(n.clone())),
+                Arc::new(Float64Array::from(f.clone())),
+            ],
+        )
+        .unwrap();
+        let key = Path::from("t/runs.parquet");
+        let mut w =
+            TableWriter::create(Arc::clone(&store), key.clone(), schema, &Default::default())
+                .unwrap();
+        w.write(&batch).await.unwrap();
+        w.close().await.unwrap();
+        let bytes = store.get(&key).await.unwrap().bytes().await.unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap();
+        let rg = reader.metadata().row_group(0).clone();
+        let (mut gs, mut gn, mut gf) = (Vec::new(), Vec::new(), Vec::new());
+        for b in reader.build().unwrap() {
+            let b = b.unwrap();
+            let c = b.column(0).as_any().downcast_ref::<StringArray>().unwrap();
+            gs.extend(c.iter().map(|v| v.map(str::to_string)));
+            let c = b.column(1).as_any().downcast_ref::<Int64Array>().unwrap();
+            gn.extend(c.iter());
+            let c = b.column(2).as_any().downcast_ref::<Float64Array>().unwrap();
+            gf.extend((0..c.len()).map(|i| c.value(i).to_bits()));
+        }
+        assert_eq!(gs, s);
+        assert_eq!(gn, n);
+        let want: Vec<u64> = f.iter().map(|v| v.unwrap().to_bits()).collect();
+        assert_eq!(gf, want, "-0.0 keeps its sign");
+        let present = s.iter().flatten();
+        match rg.column(0).statistics().unwrap() {
+            Statistics::ByteArray(st) => {
+                assert_eq!(
+                    st.min_opt().unwrap().as_utf8().unwrap(),
+                    present.clone().min().unwrap()
+                );
+                assert_eq!(
+                    st.max_opt().unwrap().as_utf8().unwrap(),
+                    present.max().unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        match rg.column(1).statistics().unwrap() {
+            Statistics::Int64(st) => {
+                assert_eq!(
+                    *st.min_opt().unwrap(),
+                    n.iter().flatten().min().copied().unwrap()
+                );
+                assert_eq!(
+                    *st.max_opt().unwrap(),
+                    n.iter().flatten().max().copied().unwrap()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn writes_readable_zstd_parquet_with_small_row_groups() {
         let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());

@@ -344,13 +344,24 @@ impl DictEncoder {
     fn encode<T>(&mut self, values: T, indices: &[usize])
     where
         T: ArrayAccessor + Copy,
-        T::Item: AsRef<[u8]>,
+        T::Item: Copy + AsRef<[u8]>,
     {
         self.indices.reserve(indices.len());
 
+        // fhirhose: a value equal to the one before it reuses its key instead of hashing and
+        // probing the interner again (runs of equal values are the rule in lineage and
+        // code-system columns; one memcmp is cheaper than a hash, a probe and a memcmp).
+        let mut last: Option<(T::Item, u64)> = None;
         for idx in indices {
             let value = values.value(*idx);
-            let interned = self.interner.intern(value.as_ref());
+            let interned = match last {
+                Some((prev, key)) if prev.as_ref() == value.as_ref() => key,
+                _ => {
+                    let key = self.interner.intern(value.as_ref());
+                    last = Some((value, key));
+                    key
+                }
+            };
             self.indices.push(interned);
             self.variable_length_bytes += value.as_ref().len() as i64;
         }
@@ -600,8 +611,15 @@ where
     let first_val = array.value(first_idx);
     let mut min = first_val;
     let mut max = first_val;
+    // fhirhose: a value equal to the one before it cannot move min or max; one comparison
+    // instead of two for runs of equal values.
+    let mut prev = first_val;
     for idx in valid {
         let val = array.value(idx);
+        if val == prev {
+            continue;
+        }
+        prev = val;
         min = min.min(val);
         max = max.max(val);
     }

@@ -21,7 +21,7 @@
 use bytes::Bytes;
 
 use crate::basic::{Encoding, Type};
-use crate::data_type::DataType;
+use crate::data_type::{AsBytes, DataType};
 use crate::data_type::private::ParquetValueType;
 use crate::encodings::encoding::{Encoder, PlainEncoder};
 use crate::encodings::rle::RleEncoder;
@@ -140,10 +140,6 @@ impl<T: DataType> DictEncoder<T> {
         Ok(encoder.consume().into())
     }
 
-    fn put_one(&mut self, value: &T::T) {
-        self.indices.push(self.interner.intern(value));
-    }
-
     #[inline]
     fn bit_width(&self) -> u8 {
         num_required_bits(self.num_entries().saturating_sub(1) as u64)
@@ -153,8 +149,19 @@ impl<T: DataType> DictEncoder<T> {
 impl<T: DataType> Encoder<T> for DictEncoder<T> {
     fn put(&mut self, values: &[T::T]) -> Result<()> {
         self.indices.reserve(values.len());
-        for i in values {
-            self.put_one(i)
+        // fhirhose: a value with the same bytes as the one before it reuses its key instead
+        // of hashing and probing the interner again (the interner also compares bytes).
+        let mut last: Option<(&T::T, u64)> = None;
+        for v in values {
+            let key = match last {
+                Some((prev, key)) if prev.as_bytes() == v.as_bytes() => key,
+                _ => {
+                    let key = self.interner.intern(v);
+                    last = Some((v, key));
+                    key
+                }
+            };
+            self.indices.push(key);
         }
         Ok(())
     }
