@@ -308,6 +308,10 @@ async fn build_config_with(
         parquet: ParquetConfig::default(),
         file_concurrency: out.file_concurrency.max(1),
         workers: workers.max(1),
+        memory: Arc::new(pipeline::budget::MemoryBudget::for_workers(
+            workers.max(1),
+            default_block_bytes(),
+        )),
         views: Arc::new(load_views(out)?),
         delivery_timeout: pipeline::default_delivery_timeout(),
         force: out.force || views_only,

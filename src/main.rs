@@ -36,6 +36,16 @@ fn tune_malloc() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn tune_malloc() {}
 
+/// Threads of the runtime's blocking pool: twice the cores, at least 4. All of the pipeline's
+/// CPU work (parsing blocks, encoding Parquet) runs there, and none of it waits for another
+/// blocking task, so a pool this size keeps every core busy. Tokio's default (512) let a run
+/// grow a thread per Parquet writer being encoded (26 seen on the 1 GB benchmark corpus), each
+/// with its own allocator cache: on 63 MB and 250 MB inputs, 2 cores, 4 threads took 8–11%
+/// less CPU time and 5–6 MB less peak RSS.
+fn max_blocking_threads() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| (2 * n.get()).max(4))
+}
+
 fn main() -> ExitCode {
     tune_malloc();
     // The configuration file becomes FHIRHOSE_* variables before clap reads them, so a
@@ -58,6 +68,7 @@ fn main() -> ExitCode {
     fhirhose::logging::init(cli.log_format, &cli.log_level);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(max_blocking_threads())
         .build()
     {
         Ok(rt) => rt,

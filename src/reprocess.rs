@@ -50,7 +50,8 @@ use tracing::{info, warn};
 use crate::cli::{new_run_id, UsageError};
 use crate::lake::Lake;
 use crate::pipeline::block::{process_block, process_oversize, FileCtx};
-use crate::pipeline::{default_parquet_budget_bytes, key_segment, ViewSet};
+use crate::pipeline::budget::default_parquet_budget;
+use crate::pipeline::{key_segment, ViewSet};
 use crate::tables::{self, TableFile, TablePointer, POINTER_FORMAT};
 
 /// Previous versions kept by default: one, so a bad view edit can be rolled back by hand.
@@ -609,7 +610,7 @@ async fn enforce_budget(writers: &mut HashMap<usize, TableWriter>) -> anyhow::Re
             .max_by_key(|w| w.buffered_bytes())
             .filter(|w| w.buffered_bytes() > 0);
         match largest {
-            Some(w) if total > default_parquet_budget_bytes() => w.flush().await?,
+            Some(w) if total > default_parquet_budget() => w.flush().await?,
             _ => return Ok(()),
         }
     }

@@ -328,6 +328,10 @@ fn config(store: Arc<dyn ObjectStore>, state: Arc<StateStore>) -> Arc<IngestConf
         parquet: Default::default(),
         file_concurrency: 2,
         workers: 2,
+        memory: Arc::new(fhirhose::pipeline::budget::MemoryBudget::for_workers(
+            2,
+            64 * 1024,
+        )),
         views: Arc::new(ViewSet::canonical().unwrap()),
         delivery_timeout: fhirhose::pipeline::default_delivery_timeout(),
         force: false,
@@ -403,4 +407,45 @@ async fn object_store_write_errors_fail_the_file_cleanly_and_a_retry_lands_it_on
     // And a run after that skips it.
     let s = run_ingest(config(Arc::clone(&store), Arc::clone(&state)), files).await;
     assert_eq!(s.files_skipped, 1);
+}
+
+/// A run budget smaller than one block (every block then takes all of it) still lands
+/// several files at once, each exactly once: files wait for each other's blocks, they do
+/// not deadlock, and the Parquet budget (1 byte) only makes row groups small.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_budget_smaller_than_one_block_lands_concurrent_files_exactly_once() {
+    use std::io::Write;
+    const FILES: usize = 4;
+    const N: usize = 3_000;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in");
+    std::fs::create_dir_all(&input).unwrap();
+    for f in 0..FILES {
+        let path = input.join(format!("Patient.{f:02}.ndjson"));
+        let mut w = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+        for i in 0..N {
+            writeln!(
+                w,
+                r#"{{"resourceType":"Patient","id":"f{f}-p{i}","gender":"other"}}"#
+            )
+            .unwrap();
+        }
+    }
+    std::fs::create_dir_all(dir.path().join("lake")).unwrap();
+    let store = local_store(&dir.path().join("lake"));
+    let state = Arc::new(StateStore::in_memory().unwrap());
+    let files = fhirhose_ingest::source::list_local(&input).unwrap();
+    let mut cfg = Arc::try_unwrap(config(Arc::clone(&store), state)).unwrap();
+    cfg.memory = Arc::new(fhirhose::pipeline::budget::MemoryBudget::new(1, 1));
+    assert_eq!(cfg.memory.block_bytes(), 1024, "one permit");
+    let s = tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        run_ingest(Arc::new(cfg), files),
+    )
+    .await
+    .expect("no deadlock");
+    assert_eq!(s.files_done, FILES as u64, "{:?}", s.file_reports);
+    let ids = resource_ids(&store).await;
+    assert_eq!(ids.len(), FILES * N);
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), FILES * N);
 }

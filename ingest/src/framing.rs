@@ -29,10 +29,13 @@ pub const fn default_max_line_bytes() -> usize {
 const BLOCK_SLACK: usize = 64 * 1024;
 
 /// Default target size of a block handed to one worker: big enough to amortise task overhead
-/// (about a thousand typical resources), small enough that two blocks per core stay cache- and
-/// memory-friendly.
+/// (several hundred typical resources), small enough that two blocks per core stay cache- and
+/// memory-friendly. Every block in flight also holds its Arrow rows until the sinks take them,
+/// so this sets most of the pipeline's working memory: heaptrack on two large files at once
+/// (63 MB of input) found 14 MB less heap at the peak with 512 KiB blocks than with 1 MiB
+/// ones (CPU time of the two not compared on their own).
 pub const fn default_block_bytes() -> usize {
-    1024 * 1024
+    512 * 1024
 }
 
 /// Framing limits.

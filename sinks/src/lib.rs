@@ -21,3 +21,4 @@ pub mod deadletter;
 pub mod kafka;
 pub mod parquet;
 pub mod raw;
+pub mod upload;

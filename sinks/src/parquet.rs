@@ -9,7 +9,8 @@
 //! Encoded row groups go to a [`Spool`]: memory while the part is small, then an unlinked
 //! temporary file (in `TMPDIR`; it disappears with the process, even on a crash). The object
 //! is uploaded from the spool when the writer is closed, small parts in one PUT and large ones
-//! as a multipart upload of [`UPLOAD_PART_BYTES`] parts, [`UPLOAD_CONCURRENCY`] at a time.
+//! as a multipart upload of [`UPLOAD_PART_BYTES`] parts, through the process-wide part buffers
+//! of [`crate::upload`].
 //! Streaming every open table straight to the store instead holds an S3-sized part buffer
 //! (5 MiB, the protocol's minimum) plus parts in flight for *each* open table, a cost that
 //! grows with the number of tables a file feeds. (Measured on 1 GB of input, the change did
@@ -30,21 +31,21 @@
 //!   while a part is being closed;
 //! - batches are encoded in the order they were written.
 
-use std::io::{Read, Seek, Write};
+use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use arrow_array::RecordBatch;
 use arrow_schema::SchemaRef;
-use object_store::buffered::BufWriter;
-use object_store::{path::Path, ObjectStore};
+use object_store::{path::Path, ObjectStore, PutPayload};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+
+use crate::upload::{SpooledUpload, UPLOAD_PART_BYTES};
 
 /// Rows per row group at most (parquet-rs' own default is 1 Mi rows; a smaller cap keeps the
 /// per-table buffer small when many tables are open at once).
@@ -63,21 +64,13 @@ pub const fn default_row_group_bytes() -> usize {
 /// parts of small tables never reach it.
 pub const SPILL_BYTES: usize = 1024 * 1024;
 
-/// Upload buffer of an object being stored: S3's minimum part size. object_store's 10 MiB
-/// default with 8 parts in flight would let a few concurrent closes hold hundreds of MB.
-pub(crate) const UPLOAD_PART_BYTES: usize = 5 * 1024 * 1024;
+/// Batches queued per writer before [`TableWriter::write`] waits for the encoder (one more is
+/// being encoded). One: the sinks hand a block's rows to many tables at once, so a deeper
+/// queue only holds more blocks' worth of rows (a `resources` batch is a block's JSON).
+pub const QUEUED_BATCHES: usize = 1;
 
-/// Parts of one object uploaded at once. One: a part in flight while the next fills. With
-/// two, every large object being stored held three 5 MiB parts; heaptrack on a 10 GB run,
-/// where several tables roll over to new Parquet parts mid-file, found 54 MB of upload
-/// buffers at the peak.
-pub(crate) const UPLOAD_CONCURRENCY: usize = 1;
-
-/// Chunks read from a spool for its upload; the upload buffer gathers them into parts.
-const UPLOAD_READ_BYTES: usize = 1024 * 1024;
-
-/// Batches queued per writer before [`TableWriter::write`] waits for the encoder.
-pub const QUEUED_BATCHES: usize = 2;
+/// Values per parquet-rs mini-batch; see [`ParquetConfig`]'s properties.
+const WRITE_BATCH_ROWS: usize = 256;
 
 /// zstd level 3: zstd's own default, a good ratio at several hundred MB/s per core.
 pub const fn default_zstd_level() -> i32 {
@@ -155,6 +148,10 @@ impl ParquetConfig {
                 Compression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
             )
             .set_created_by(concat!("fhirhose ", env!("CARGO_PKG_VERSION")).to_string())
+            // Pages are cut by size only between mini-batches of this many values; with
+            // parquet-rs' 1024, a page of the `resource` column (1–2 KB per value) grew to
+            // ~2.5 MB, in a buffer doubled to 4 MiB, before its 1 MiB limit was checked.
+            .set_write_batch_size(WRITE_BATCH_ROWS)
             .build()
     }
 }
@@ -241,25 +238,21 @@ impl Spool {
         self.file.is_some()
     }
 
-    /// Reads the spool back, `chunk` bytes at a time, into `f`. Blocking.
-    fn drain(self, chunk: usize, mut f: impl FnMut(Vec<u8>) -> bool) -> std::io::Result<()> {
-        match self.file {
-            None => {
-                f(self.mem);
-            }
+    /// The temporary file, with everything written so far flushed to it; `None` while the
+    /// bytes are in memory.
+    pub(crate) fn file_mut(&mut self) -> std::io::Result<Option<&std::fs::File>> {
+        match &mut self.file {
             Some(w) => {
-                let mut file = w.into_inner().map_err(|e| e.into_error())?;
-                file.rewind()?;
-                loop {
-                    let mut buf = Vec::with_capacity(chunk);
-                    let n = (&mut file).take(chunk as u64).read_to_end(&mut buf)?;
-                    if n == 0 || !f(buf) {
-                        break;
-                    }
-                }
+                w.flush()?;
+                Ok(Some(w.get_ref()))
             }
+            None => Ok(None),
         }
-        Ok(())
+    }
+
+    /// The bytes held in memory (all of them until the spool spills to a file).
+    pub(crate) fn mem(&self) -> &[u8] {
+        &self.mem
     }
 }
 
@@ -288,40 +281,27 @@ impl Write for Spool {
     }
 }
 
-/// Uploads a closed part from its spool: one PUT when small, else a multipart upload whose
-/// parts are read from the spool in 1 MiB chunks as they are sent (so at most
-/// `UPLOAD_CONCURRENCY + 1` parts and two chunks are in memory).
+/// Uploads a closed part from its spool: one PUT when it fits in one upload part, else a
+/// multipart upload. Either way the bytes in memory are the process-wide part buffers of
+/// [`crate::upload`], read back from the spool one part at a time.
 async fn upload(
     store: Arc<dyn ObjectStore>,
     key: Path,
-    spool: Spool,
+    mut spool: Spool,
 ) -> Result<(), parquet::errors::ParquetError> {
-    let mut up = BufWriter::with_capacity(store, key, UPLOAD_PART_BYTES)
-        .with_max_concurrency(UPLOAD_CONCURRENCY);
-    let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(1);
-    let reader = tokio::task::spawn_blocking(move || {
-        let res = spool.drain(UPLOAD_READ_BYTES, |chunk| {
-            tx.blocking_send(Ok(chunk)).is_ok()
-        });
-        if let Err(e) = res {
-            let _ = tx.blocking_send(Err(e));
-        }
-    });
-    let result = async {
-        while let Some(chunk) = rx.recv().await {
-            up.write_all(&chunk?).await?;
-        }
-        reader.await.map_err(std::io::Error::other)?;
-        Ok::<_, std::io::Error>(())
+    if spool.len() <= UPLOAD_PART_BYTES as u64 {
+        let _slot = crate::upload::part_slot().await;
+        let len = usize::try_from(spool.len()).map_err(external)?;
+        let bytes = crate::upload::read_spool_at(&mut spool, 0, len).map_err(external)?;
+        drop(spool);
+        store
+            .put(&key, PutPayload::from(bytes))
+            .await
+            .map_err(external)?;
+        return Ok(());
     }
-    .await;
-    match result {
-        Ok(()) => up.shutdown().await.map_err(external),
-        Err(e) => {
-            let _ = up.abort().await;
-            Err(external(e))
-        }
-    }
+    let up = SpooledUpload::start(&store, &key).await.map_err(external)?;
+    up.complete(&mut spool).await.map_err(external)
 }
 
 /// The encoder task: batches in, encoded row groups out to the spool; each part uploaded when
@@ -895,22 +875,27 @@ mod tests {
     }
 
     #[test]
-    fn the_spool_moves_to_a_file_past_its_limit_and_reads_back_in_chunks() {
+    fn the_spool_moves_to_a_file_past_its_limit_and_reads_back_at_any_offset() {
         let mut s = Spool::default();
         s.write_all(&[1u8; 1000]).unwrap();
         assert!(!s.spilled());
+        let mem = crate::upload::read_spool_at(&mut s, 990, 10).unwrap();
+        assert_eq!(&mem[..], &[1u8; 10]);
+        assert!(crate::upload::read_spool_at(&mut s, 995, 10).is_err());
         s.write_all(&vec![2u8; SPILL_BYTES]).unwrap();
         assert!(s.spilled());
         assert_eq!(s.len(), (SPILL_BYTES + 1000) as u64);
-        let mut chunks = Vec::new();
-        s.drain(4096, |c| {
-            chunks.push(c);
-            true
-        })
-        .unwrap();
-        assert!(chunks.iter().all(|c| c.len() <= 4096));
-        let all: Vec<u8> = chunks.concat();
-        assert_eq!(all.len(), SPILL_BYTES + 1000);
-        assert!(all[..1000].iter().all(|&b| b == 1) && all[1000..].iter().all(|&b| b == 2));
+        // Reads see everything written so far (the file's buffer is flushed first), and a
+        // read does not move the write position.
+        let across = crate::upload::read_spool_at(&mut s, 996, 8).unwrap();
+        assert_eq!(&across[..], &[1, 1, 1, 1, 2, 2, 2, 2]);
+        s.write_all(&[3u8; 5]).unwrap();
+        let len = usize::try_from(s.len()).unwrap();
+        let all = crate::upload::read_spool_at(&mut s, 0, len).unwrap();
+        assert_eq!(all.len(), SPILL_BYTES + 1005);
+        assert!(all[..1000].iter().all(|&b| b == 1));
+        assert!(all[1000..SPILL_BYTES + 1000].iter().all(|&b| b == 2));
+        assert_eq!(&all[SPILL_BYTES + 1000..], &[3u8; 5]);
+        assert!(crate::upload::read_spool_at(&mut s, 1, len).is_err());
     }
 }

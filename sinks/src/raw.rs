@@ -26,6 +26,14 @@ pub const fn default_inline_limit() -> usize {
     8 * 1024 * 1024
 }
 
+/// Parts of a raw object uploaded at once: one part in flight while the next fills.
+///
+/// Raw bytes are not spooled to a temporary file the way Parquet parts are (which would let
+/// their part buffers share the process-wide slots of [`crate::upload`]): measured on the 1 GB
+/// benchmark corpus, spooling took ~8 MB off peak RSS (79 → 71 MB) but added 2.5–3 s of
+/// system time (writing and reading back every input byte), ~20% of the run.
+const UPLOAD_CONCURRENCY: usize = 1;
+
 /// Errors of the raw writer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -138,9 +146,9 @@ impl RawWriter {
             let w = BufWriter::with_capacity(
                 Arc::clone(&self.store),
                 staging.clone(),
-                crate::parquet::UPLOAD_PART_BYTES,
+                crate::upload::UPLOAD_PART_BYTES,
             )
-            .with_max_concurrency(crate::parquet::UPLOAD_CONCURRENCY);
+            .with_max_concurrency(UPLOAD_CONCURRENCY);
             self.staging = Some((staging, w));
             let buffered = std::mem::take(&mut self.buf);
             let (_, w) = self.staging.as_mut().expect("just set");
@@ -316,5 +324,37 @@ mod tests {
                 .unwrap();
             assert!(left.is_empty());
         }
+    }
+
+    /// An object over the inline limit goes up in parts while it is written, then moves
+    /// into place; its bytes and digest are exact and no staging object is left.
+    #[tokio::test]
+    async fn a_large_object_is_uploaded_in_parts_while_written() {
+        let store: Arc<dyn ObjectStore> = Arc::new(InMemory::new());
+        let data: Vec<u8> = (0..2 * crate::upload::UPLOAD_PART_BYTES + 300_000)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut w = RawWriter::new(Arc::clone(&store), Path::from("raw/big"));
+        for c in data.chunks(256 * 1024) {
+            w.write(c).await.unwrap();
+        }
+        let o = w.finish().await.unwrap();
+        assert!(!o.already_present);
+        assert_eq!(o.bytes, data.len() as u64);
+        assert_eq!(o.sha256, hex::encode(Sha256::digest(&data)));
+        let got = store
+            .get(&Path::from("raw/big"))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got[..] == data[..]);
+        let left: Vec<_> = store
+            .list(Some(&Path::from("raw/_staging")))
+            .try_collect()
+            .await
+            .unwrap();
+        assert!(left.is_empty());
     }
 }

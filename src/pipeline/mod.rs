@@ -22,12 +22,15 @@
 //! minus the raw writer, the `resources` table and the state: nothing is recorded as done,
 //! so it is not resumable, and `_raw_key` and dead letters point to the input itself.
 //!
-//! Memory is bounded per file by about `2 × workers + 2` blocks in flight (queued, being
-//! parsed, being framed), the raw writer's buffer, the Parquet budget across the file's open
-//! tables ([`default_parquet_budget_bytes`], counted as the writers' memory, dictionaries
-//! included) and librdkafka's queue limit; none grows with the size of a file or of the run.
+//! Memory is bounded by the run's [`budget::MemoryBudget`], shared by all files at once: the
+//! bytes of blocks in flight (framed, being parsed, waiting for the sinks) and the Parquet row
+//! groups in progress across every open table of every file. Per file there is in addition
+//! the raw writer's buffer, each open table's queued batches and spool buffer, and librdkafka's
+//! queue limit. None of it grows with the size of a file or of the run, and two large files at
+//! once hold no more blocks or row groups than one.
 
 pub(crate) mod block;
+pub mod budget;
 mod resource_types;
 pub mod views;
 pub mod watermark;
@@ -62,16 +65,6 @@ pub use views::ViewSet;
 /// Read size from the (decompressed) input stream.
 const READ_CHUNK_BYTES: usize = 256 * 1024;
 
-/// Memory of Parquet row groups in progress (see [`TableWriter::buffered_bytes`]) a file task
-/// may hold across all its open tables before it cuts the largest one. A file that feeds many
-/// tables (an Observation file writes `resources`, `observation`, `observation_coding`,
-/// `observation_component`) then holds no more than this, whatever its size, which is what
-/// bounds peak memory. Measured on the 1 GB benchmark corpus, the Observation file's row
-/// groups still hold 10–25 thousand rows (12k in `resources`, 25k in `observation_coding`).
-pub const fn default_parquet_budget_bytes() -> usize {
-    8 * 1024 * 1024
-}
-
 /// How long to wait for a file's Kafka delivery reports once all its events are sent.
 pub const fn default_delivery_timeout() -> Duration {
     Duration::from_secs(300)
@@ -98,6 +91,8 @@ pub struct IngestConfig {
     pub file_concurrency: usize,
     /// Blocks parsed at once per file.
     pub workers: usize,
+    /// Memory shared by the run's files (blocks in flight, Parquet row groups).
+    pub memory: Arc<budget::MemoryBudget>,
     /// Views to evaluate.
     pub views: Arc<ViewSet>,
     /// See [`default_delivery_timeout`].
@@ -510,6 +505,8 @@ struct FileSinks<'a> {
     checkpoint: Option<(&'a str, String)>,
     topics: HashMap<String, String>,
     report: FileReport,
+    /// This file's part of the run's Parquet budget.
+    parquet_share: budget::ParquetShare,
 }
 
 impl FileSinks<'_> {
@@ -753,7 +750,8 @@ impl FileSinks<'_> {
         Ok(())
     }
 
-    /// Cuts row groups, largest first, until the buffered total fits the budget.
+    /// Reports the file's Parquet memory to the run's budget and, while the run is over it,
+    /// cuts this file's row groups, largest first, until the run fits or the file holds none.
     async fn enforce_parquet_budget(&mut self) -> Result<(), FileError> {
         loop {
             let mut total = 0usize;
@@ -770,8 +768,9 @@ impl FileSinks<'_> {
                     largest = Some((size, w));
                 }
             }
+            let over = self.parquet_share.report(total);
             match largest {
-                Some((size, w)) if total > default_parquet_budget_bytes() && size > 0 => {
+                Some((size, w)) if over > 0 && size > 0 => {
                     w.flush().await?;
                 }
                 _ => return Ok(()),
@@ -859,8 +858,11 @@ async fn ingest_file_inner(
     let store = Arc::clone(&cfg.lake.store);
     // Blocks queued ahead of the workers: one per worker (plus the sender's slot) keeps them
     // busy, since reading and framing are much faster than parsing; more would only hold
-    // memory (a block is 1 MiB).
-    let (mut tx, rx) = futures::channel::mpsc::channel::<Frame>(cfg.workers.max(1));
+    // memory (a block is 512 KiB by default).
+    // Each block also holds its bytes' share of the run's block budget, from the reader to the
+    // sinks, so that files running at once share one bound.
+    let (mut tx, rx) =
+        futures::channel::mpsc::channel::<(Frame, budget::BlockPermit)>(cfg.workers.max(1));
     let display = input.display();
 
     let reader = async {
@@ -903,7 +905,8 @@ async fn ingest_file_inner(
             crate::observe::progress::add_bytes(n as u64);
             framer.push(&buf[..n], &mut frames);
             for f in frames.drain(..) {
-                if tx.send(f).await.is_err() {
+                let permit = cfg.memory.acquire_block(frame_bytes(&f)).await;
+                if tx.send((f, permit)).await.is_err() {
                     // The consumer stopped: its error is the one to report.
                     abort(raw).await;
                     return Err(FileError::Worker("consumer stopped".into()));
@@ -912,7 +915,8 @@ async fn ingest_file_inner(
         }
         framer.finish(&mut frames);
         for f in frames.drain(..) {
-            if tx.send(f).await.is_err() {
+            let permit = cfg.memory.acquire_block(frame_bytes(&f)).await;
+            if tx.send((f, permit)).await.is_err() {
                 abort(raw).await;
                 return Err(FileError::Worker("consumer stopped".into()));
             }
@@ -953,20 +957,25 @@ async fn ingest_file_inner(
             checkpoint: checkpoint.clone(),
             topics: HashMap::new(),
             report: FileReport::default(),
+            parquet_share: budget::ParquetShare::new(Arc::clone(&cfg.memory)),
         };
         let mut outputs = rx
-            .map(|frame| {
+            .map(|(frame, permit)| {
                 let ctx = Arc::clone(&ctx);
-                tokio::task::spawn_blocking(move || match frame {
-                    Frame::Block(b) => process_block(&ctx, b),
-                    Frame::Oversize(o) => process_oversize(&ctx, &o),
+                tokio::task::spawn_blocking(move || {
+                    let out = match frame {
+                        Frame::Block(b) => process_block(&ctx, b),
+                        Frame::Oversize(o) => process_oversize(&ctx, &o),
+                    };
+                    (out, permit)
                 })
             })
             .buffered(cfg.workers.max(1));
         let mut consumed = Ok(());
         while let Some(out) = outputs.next().await {
             consumed = match out {
-                Ok(out) => sinks.consume(out).await,
+                // The permit is returned once the sinks have taken the block's rows.
+                Ok((out, _permit)) => sinks.consume(out).await,
                 Err(e) => Err(FileError::Worker(e.to_string())),
             };
             if consumed.is_err() {
@@ -1005,6 +1014,14 @@ async fn ingest_file_inner(
         error: None,
     })?;
     Ok(())
+}
+
+/// The bytes a frame holds while in flight (an oversize line is reported, not held).
+fn frame_bytes(f: &Frame) -> usize {
+    match f {
+        Frame::Block(b) => b.data.len(),
+        Frame::Oversize(_) => 0,
+    }
 }
 
 fn now_us() -> i64 {
