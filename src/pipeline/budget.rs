@@ -14,7 +14,12 @@
 //!   block larger than the whole budget (a line up to `--max-line-bytes`) takes all of it.
 //! - **Parquet row groups**: each file reports the memory its open tables hold
 //!   ([`ParquetShare`]); when the run's total passes [`MemoryBudget::parquet_bytes`], the file
-//!   that reports cuts its own largest row groups until the total fits or it holds none.
+//!   that reports cuts its own largest row groups while the run is over and the file holds at
+//!   least an equal share (the budget divided by the files holding row groups). A file under
+//!   its share leaves the cutting to the larger ones, so the idle row groups of a slow file
+//!   (a remote input arriving slowly) do not force a fast file's into tiny ones. A file only
+//!   stays above its share if the run fitted when it last reported, so the run holds at most
+//!   about twice the budget, whatever the number of files.
 //!
 //! Invariants: permits are only ever waited for by a file's reader, never by its consumer or
 //! by an encoder, so a file whose blocks hold permits always makes progress and returns them
@@ -36,6 +41,8 @@ pub struct MemoryBudget {
     block_permits: u32,
     parquet_bytes: usize,
     parquet_used: AtomicUsize,
+    /// Files holding a [`ParquetShare`].
+    parquet_files: AtomicUsize,
 }
 
 /// A block's share of [`MemoryBudget::block_bytes`], returned when dropped.
@@ -48,12 +55,13 @@ impl MemoryBudget {
     pub fn new(block_bytes: usize, parquet_bytes: usize) -> Self {
         let block_permits = u32::try_from(block_bytes.div_ceil(PERMIT_BYTES))
             .unwrap_or(u32::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS as u32);
+            .max(1);
         Self {
             blocks: Arc::new(Semaphore::new(block_permits as usize)),
             block_permits,
             parquet_bytes,
             parquet_used: AtomicUsize::new(0),
+            parquet_files: AtomicUsize::new(0),
         }
     }
 
@@ -121,15 +129,17 @@ pub struct ParquetShare {
 impl ParquetShare {
     /// A file's share, initially empty.
     pub fn new(budget: Arc<MemoryBudget>) -> Self {
+        budget.parquet_files.fetch_add(1, Ordering::Relaxed);
         Self {
             budget,
             reported: 0,
         }
     }
 
-    /// Records that this file's tables now hold `bytes`, and says by how much the run is over
-    /// its budget (0 when it fits).
-    pub fn report(&mut self, bytes: usize) -> usize {
+    /// Records that this file's tables now hold `bytes`, and says whether the file should cut
+    /// its largest row group: the run is over its budget and the file holds at least an equal
+    /// share of it (see the module docs).
+    pub fn report(&mut self, bytes: usize) -> bool {
         let used = &self.budget.parquet_used;
         let total = if bytes >= self.reported {
             used.fetch_add(bytes - self.reported, Ordering::Relaxed) + (bytes - self.reported)
@@ -137,7 +147,8 @@ impl ParquetShare {
             used.fetch_sub(self.reported - bytes, Ordering::Relaxed) - (self.reported - bytes)
         };
         self.reported = bytes;
-        total.saturating_sub(self.budget.parquet_bytes)
+        let files = self.budget.parquet_files.load(Ordering::Relaxed).max(1);
+        total > self.budget.parquet_bytes && bytes >= self.budget.parquet_bytes / files
     }
 }
 
@@ -146,6 +157,7 @@ impl Drop for ParquetShare {
         self.budget
             .parquet_used
             .fetch_sub(self.reported, Ordering::Relaxed);
+        self.budget.parquet_files.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -190,21 +202,31 @@ mod tests {
     }
 
     #[test]
-    fn parquet_shares_add_up_across_files_and_are_withdrawn_on_drop() {
+    fn parquet_shares_add_up_and_only_files_at_their_share_cut_when_the_run_is_over() {
         let b = Arc::new(MemoryBudget::new(1024, 100));
         let mut a = ParquetShare::new(Arc::clone(&b));
         let mut c = ParquetShare::new(Arc::clone(&b));
-        assert_eq!(a.report(60), 0);
-        assert_eq!(c.report(30), 0);
+        assert!(!a.report(60));
+        assert!(!c.report(30));
         assert_eq!(b.parquet_used(), 90);
-        // File c grows past the run's budget: it is told by how much.
-        assert_eq!(c.report(70), 30);
-        // File a shrinks (it cut a row group): the run fits again.
-        assert_eq!(a.report(10), 0);
-        assert_eq!(b.parquet_used(), 80);
+        // File c passes the run's budget but holds less than half of it (two files): file a,
+        // the larger one, is the one to cut, when it next reports.
+        assert!(!c.report(45));
+        assert_eq!(b.parquet_used(), 105);
+        assert!(a.report(60), "over, and at least an equal share");
+        // File a cut a row group: the run fits again, nobody cuts.
+        assert!(!a.report(10));
+        assert!(!c.report(45));
+        // File c grows to its share and past the budget: c cuts.
+        assert!(c.report(95));
+        assert_eq!(b.parquet_used(), 105);
         drop(c);
         assert_eq!(b.parquet_used(), 10);
+        // Alone, a file's share is the whole budget.
+        assert!(!a.report(100));
+        assert!(a.report(101));
         drop(a);
         assert_eq!(b.parquet_used(), 0);
+        assert_eq!(b.parquet_files.load(Ordering::Relaxed), 0);
     }
 }

@@ -750,8 +750,9 @@ impl FileSinks<'_> {
         Ok(())
     }
 
-    /// Reports the file's Parquet memory to the run's budget and, while the run is over it,
-    /// cuts this file's row groups, largest first, until the run fits or the file holds none.
+    /// Reports the file's Parquet memory to the run's budget and, while the run is over it and
+    /// this file holds at least an equal share ([`budget::ParquetShare::report`]), cuts this
+    /// file's row groups, largest first.
     async fn enforce_parquet_budget(&mut self) -> Result<(), FileError> {
         loop {
             let mut total = 0usize;
@@ -768,9 +769,9 @@ impl FileSinks<'_> {
                     largest = Some((size, w));
                 }
             }
-            let over = self.parquet_share.report(total);
+            let cut = self.parquet_share.report(total);
             match largest {
-                Some((size, w)) if over > 0 && size > 0 => {
+                Some((size, w)) if cut && size > 0 => {
                     w.flush().await?;
                 }
                 _ => return Ok(()),
