@@ -286,6 +286,21 @@ mod tests {
         w.finish().await
     }
 
+    async fn stored(store: &Arc<dyn ObjectStore>, key: &str) -> bytes::Bytes {
+        let got = store.get(&Path::from(key)).await.unwrap();
+        got.bytes().await.unwrap()
+    }
+
+    /// Objects left under the staging prefix.
+    async fn staging_left(store: &Arc<dyn ObjectStore>) -> usize {
+        let left: Vec<_> = store
+            .list(Some(&Path::from("raw/_staging")))
+            .try_collect()
+            .await
+            .unwrap();
+        left.len()
+    }
+
     #[tokio::test]
     async fn create_only_with_idempotent_retry_and_conflict_detection() {
         for limit in [1024, 4] {
@@ -296,13 +311,7 @@ mod tests {
             assert!(!a.already_present);
             assert_eq!(a.bytes, 12);
             assert_eq!(a.sha256, hex::encode(Sha256::digest(b"hello\nworld\n")));
-            let got = store
-                .get(&Path::from("raw/a"))
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let got = stored(&store, "raw/a").await;
             assert_eq!(&got[..], b"hello\nworld\n");
             // Same bytes again: success, nothing rewritten.
             let again = write_all(&store, "raw/a", b"hello\nworld\n", limit)
@@ -314,21 +323,10 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(matches!(err, RawError::Conflict { .. }), "{err}");
-            let got = store
-                .get(&Path::from("raw/a"))
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let got = stored(&store, "raw/a").await;
             assert_eq!(&got[..], b"hello\nworld\n");
             // No staging leftovers.
-            let left: Vec<_> = store
-                .list(Some(&Path::from("raw/_staging")))
-                .try_collect()
-                .await
-                .unwrap();
-            assert!(left.is_empty());
+            assert_eq!(staging_left(&store).await, 0);
         }
     }
 
@@ -348,19 +346,8 @@ mod tests {
         assert!(!o.already_present);
         assert_eq!(o.bytes, data.len() as u64);
         assert_eq!(o.sha256, hex::encode(Sha256::digest(&data)));
-        let got = store
-            .get(&Path::from("raw/big"))
-            .await
-            .unwrap()
-            .bytes()
-            .await
-            .unwrap();
+        let got = stored(&store, "raw/big").await;
         assert!(got[..] == data[..]);
-        let left: Vec<_> = store
-            .list(Some(&Path::from("raw/_staging")))
-            .try_collect()
-            .await
-            .unwrap();
-        assert!(left.is_empty());
+        assert_eq!(staging_left(&store).await, 0);
     }
 }
